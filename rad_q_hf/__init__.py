@@ -1,0 +1,30 @@
+"""rad_q_hf: reward-augmented decoding (RAD-V and RAD-Q) for Hugging Face Transformers.
+
+Importing the package registers `rad_v` and `rad_q` with `AutoConfig` and `AutoModel`.
+"""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration_rad_q import RadQConfig
+from .configuration_rad_v import RadVConfig
+from .modeling_rad_q import RadQForRewardModeling
+from .modeling_rad_v import RadPreTrainedModel, RadVForRewardModeling, RewardModelOutput, cumulative_mse_loss
+
+__version__ = "0.1.0"
+
+for _config_cls, _model_cls in ((RadVConfig, RadVForRewardModeling), (RadQConfig, RadQForRewardModeling)):
+    AutoConfig.register(_config_cls.model_type, _config_cls, exist_ok=True)
+    AutoModel.register(_config_cls, _model_cls, exist_ok=True)
+    # Saved checkpoints carry `auto_map` and these files, so `trust_remote_code=True` loads them without this package.
+    _config_cls.register_for_auto_class()
+    _model_cls.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "RadPreTrainedModel",
+    "RadQConfig",
+    "RadQForRewardModeling",
+    "RadVConfig",
+    "RadVForRewardModeling",
+    "RewardModelOutput",
+    "cumulative_mse_loss",
+]

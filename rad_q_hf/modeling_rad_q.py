@@ -1,0 +1,134 @@
+"""RAD-Q: a reward model with a low-rank head over next tokens (Troshin, Niculae & Fokkens, TMLR 2025).
+
+`r_j(x≤t, v) = e_vᵀ W_j h_t + b_jᵀ h_t`: one forward over the prefix gives `u_j = W_j h_t`, and the reward of any
+candidate `v` is a dot product with its (frozen) token embedding `e_v`. Decoding therefore needs one reward-model
+call per generated token, whatever the number of candidates. Over prefixes × tokens the reward matrix is
+`H Wᵀ Eᵀ + (H b) 1ᵀ`, of rank ≤ d + 1.
+"""
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+
+from .configuration_rad_q import RadQConfig
+from .modeling_rad_v import RadPreTrainedModel, RewardModelOutput, cumulative_mse_loss
+
+
+class RadQForRewardModeling(RadPreTrainedModel):
+    r"""
+    RAD-Q reward model: a causal backbone, a head `W: d → n_labels·d` (no bias) and an optional baseline
+    `b: d → n_labels`.
+
+    `forward(input_ids, query_ids=...)` returns the rewards of the queried next tokens, `(B, T, n_labels, k)`;
+    without `query_ids`, the rewards of every vocabulary token, `(B, T, n_labels, |V|)`. For training on text, put
+    BOS first: position `t` then scores the observed token `x_{t+1}` after the prefix `x≤t`.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from transformers import GPT2Config
+    >>> from rad_q_hf import RadQConfig, RadQForRewardModeling
+    >>> config = RadQConfig(backbone_config=GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4))
+    >>> model = RadQForRewardModeling(config)
+    >>> ids = torch.tensor([[0, 5, 6, 7]])
+    >>> model(ids, query_ids=torch.tensor([[[1, 2, 3]] * 4])).rewards.shape  # (B, T, n_labels, k)
+    torch.Size([1, 4, 1, 3])
+    >>> model(ids).rewards.shape  # (B, T, n_labels, |V|)
+    torch.Size([1, 4, 1, 99])
+    ```
+    """
+
+    config_class = RadQConfig
+
+    def __init__(self, config: RadQConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config, backbone)
+        d, n = config.hidden_size, config.num_labels
+        self.reward_head = nn.Linear(d, n * d, bias=False)  # W_j stacked: u = W h, viewed as (n_labels, d)
+        self.baseline_head = nn.Linear(d, n, bias=False) if config.use_baseline else None
+        # E is read from the backbone's input embeddings; an untied LM head needs its own copy of the output ones.
+        self.output_embeddings = nn.Embedding(config.vocab_size, d) if config.use_output_embeddings else None
+        self.post_init()
+        self._freeze_embeddings()
+
+    def _freeze_embeddings(self) -> None:
+        if self.config.freeze_embeddings:
+            self.token_embeddings.requires_grad_(False)
+            self.get_input_embeddings().weight.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading materialises fresh parameters (requires_grad=True); freeze E again.
+        model = super().from_pretrained(*args, **kwargs)
+        model._freeze_embeddings()
+        return model
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.backbone_config.initializer_range
+        if module is getattr(self, "reward_head", None) or module is getattr(self, "baseline_head", None):
+            init.normal_(module.weight, mean=0.0, std=std)
+
+    def _init_from_lm(self, lm: PreTrainedModel) -> None:
+        if self.output_embeddings is not None:
+            self.output_embeddings.weight.data.copy_(lm.get_output_embeddings().weight.data)
+
+    @property
+    def token_embeddings(self) -> torch.Tensor:
+        """E, the (|V|, d) matrix whose rows `e_v` score the candidates."""
+        module = self.output_embeddings if self.output_embeddings is not None else self.get_input_embeddings()
+        return module.weight
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        use_cache: bool | None = None,
+        query_ids: torch.LongTensor | None = None,
+        labels: torch.Tensor | None = None,
+        past_key_values=None,
+        **kwargs,
+    ) -> RewardModelOutput:
+        r"""
+        query_ids: (B, T, k) candidate next tokens to score after each prefix. Only their k rows of `E` are
+            gathered, so the `(B, T, |V|)` product is never built. Omitted with `labels`: the observed next tokens.
+        labels: (B, n_labels) targets of each whole text; `input_ids` must start with BOS. Position `t` scores the
+            observed token `x_{t+1}` and the loss is the cumulative length-weighted MSE over those rewards.
+        attention_mask, position_ids, cache, use_cache: as in [`RadVForRewardModeling.forward`].
+        """
+        cache = cache if cache is not None else past_key_values
+        B, T = self._batch_shape(input_ids)
+        if labels is not None and query_ids is not None:
+            raise ValueError("Pass `labels` or `query_ids`, not both: with `labels` the observed next tokens are queried.")
+        if labels is not None:
+            # Teacher forcing: the last position has no observed next token; it queries a dummy id, masked below.
+            query_ids = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)[..., None]  # (B, T, 1)
+        if query_ids is not None and (query_ids.dim() != 3 or query_ids.shape[:2] != (B, T)):
+            raise ValueError(
+                f"`query_ids` must have shape (batch, seq_len, k) = ({B}, {T}, k), got {tuple(query_ids.shape)}."
+            )
+
+        hidden, cache = self._encode(input_ids, attention_mask, position_ids, cache, use_cache)  # (B, T, d)
+        n, d = self.config.num_labels, hidden.shape[-1]
+        u = self.reward_head(hidden).view(B, T, n, d)  # (B, T, L, d) = W_j h_t
+        E = self.token_embeddings.to(u.dtype)  # (V, d)
+        if query_ids is None:
+            rewards = torch.einsum("btld,vd->btlv", u, E)  # (B, T, L, V)
+        else:
+            rewards = torch.einsum("btld,btkd->btlk", u, E[query_ids])  # (B, T, L, k)
+        if self.baseline_head is not None:
+            rewards = rewards + self.baseline_head(hidden)[..., None]  # + b_jᵀ h_t, shared by every token
+
+        loss = None
+        if labels is not None:
+            self._check_labels(labels, B)
+            mask = attention_mask[:, -T:] if attention_mask is not None else torch.ones_like(input_ids)
+            # Position t scores prefix x≤t+1: it counts when both it and the queried token are real (any padding side).
+            loss = cumulative_mse_loss(rewards[:, :-1, :, 0], labels, mask[:, :-1] * mask[:, 1:])
+        return RewardModelOutput(loss=loss, rewards=rewards, cache=cache, hidden_states=hidden)
+
+
+__all__ = ["RadQForRewardModeling"]

@@ -1,0 +1,211 @@
+"""RAD-V: a causal reward model with a linear value head (Deng & Raffel, EMNLP 2023).
+
+`r_t = W h_t + b` scores every prefix `x≤t` in one pass, so RAD decoding can score the LM's top-k candidates by
+appending each to the cached prefix. The file also holds what RAD-Q shares with it: the output class, the
+cumulative length-weighted MSE and the backbone plumbing (padding-aware positions, cache keyword, truncation).
+Imports only torch, transformers and siblings, so it also works as Hub remote code.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput, logging
+
+from .compat import cache_kwarg, output_cache
+from .configuration_rad_v import RadVConfig
+
+
+@dataclass
+class RewardModelOutput(ModelOutput):
+    """
+    Args:
+        loss: cumulative length-weighted MSE against `labels`, when they were given.
+        rewards: RAD-V `(B, T, n_labels)`, one reward per prefix; RAD-Q `(B, T, n_labels, k)` for `k` queried tokens
+            or `(B, T, n_labels, |V|)` for every vocabulary token. Raw regression values (clamp them to [0, 1]).
+        cache: the backbone's KV cache, when `use_cache`.
+        hidden_states: the backbone's last hidden states `(B, T, d)`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    rewards: torch.FloatTensor | None = None
+    cache: object | None = None
+    hidden_states: torch.FloatTensor | None = None
+
+
+def cumulative_mse_loss(rewards: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """RAD's loss: `mean_i Σ_t w_t Σ_j (r_tj − y_j)²` with `w_t = t / Σ_t t` over each text's real tokens.
+
+    Every prefix regresses the whole text's label and later prefixes weigh more (`w_t = 2t / (L(L+1))`).
+    rewards: (B, T, L) per-prefix predictions; labels: (B, L); mask: (B, T), 1 on real positions, any padding side.
+    """
+    mask = mask.to(rewards.dtype)
+    t = mask.cumsum(-1) * mask  # (B, T) 1..L on real tokens, 0 on pads
+    weights = t / t.sum(-1, keepdim=True).clamp(min=1)  # (B, T)
+    sq_err = (rewards - labels[:, None, :].to(rewards.dtype)).pow(2).sum(-1)  # (B, T)
+    return (weights * sq_err).sum(-1).mean()
+
+
+class RadPreTrainedModel(PreTrainedModel):
+    """Shared plumbing of RAD-V and RAD-Q: a base (headless) backbone and helpers to run it."""
+
+    config_class = RadVConfig
+    base_model_prefix = "backbone"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    def __init__(self, config: RadVConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        if config.backbone_config is None:
+            raise ValueError(f"{type(self).__name__} needs `config.backbone_config` (the causal backbone's config).")
+        self.backbone = backbone if backbone is not None else AutoModel.from_config(config.backbone_config)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.backbone.set_input_embeddings(value)
+
+    def _check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
+        if labels.shape != (batch_size, self.config.num_labels):
+            raise ValueError(
+                f"`labels` must have shape (batch, n_labels) = ({batch_size}, {self.config.num_labels}) with one "
+                f"target per label {self.config.label_names}, got {tuple(labels.shape)}."
+            )
+
+    @staticmethod
+    def _batch_shape(input_ids: torch.Tensor) -> tuple[int, int]:
+        if input_ids.dim() != 2:
+            raise ValueError(f"`input_ids` must have shape (batch, seq_len), got {tuple(input_ids.shape)}.")
+        return input_ids.shape
+
+    def _encode(self, input_ids, attention_mask, position_ids, cache, use_cache, output_attentions=None):
+        """Run the backbone. Returns last hidden states (B, T, d) and the cache.
+
+        With an `attention_mask` covering past + new tokens and no `position_ids`, positions count real tokens only
+        (`cumsum(mask) − 1`), so a left-padded row scores exactly like the same row without padding.
+        """
+        self._batch_shape(input_ids)
+        if position_ids is None and attention_mask is not None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
+        kwargs = {cache_kwarg(self.backbone): cache} if cache is not None else {}
+        out = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            return_dict=True,
+            **kwargs,
+        )
+        return out.last_hidden_state, (output_cache(out) if use_cache is not False else None)
+
+    @classmethod
+    def from_backbone(
+        cls,
+        name_or_path: str,
+        labels: list[str] | tuple[str, ...] = ("score",),
+        num_layers: int | None = None,
+        *,
+        dtype: torch.dtype | str | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        **config_kwargs,
+    ) -> "RadPreTrainedModel":
+        """A reward model whose backbone holds a pretrained causal LM's weights, with a freshly initialised head.
+
+        Args:
+            name_or_path: a Hub id (e.g. `"gpt2"`) or a local folder of a causal LM
+                (`rad_q_hf.embedded.resolve("smollm2-135m")` gives the embedded SmolLM2 offline).
+            labels: the reward outputs' names.
+            num_layers: keep only the first `num_layers` blocks.
+            config_kwargs: further options of the config class (e.g. `use_baseline=False` for RAD-Q).
+        """
+        load_kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+        backbone_config = AutoConfig.from_pretrained(name_or_path, **load_kwargs)
+        config = cls.config_class(
+            backbone_config=backbone_config, label_names=labels, num_layers=num_layers, **config_kwargs
+        )
+        # Loading the causal LM (not the base model) also gives the LM head, which RAD-Q needs when it is untied.
+        # Truncation leaves the dropped layers' weights unused; that load report is expected, so keep it quiet.
+        verbosity = logging.get_verbosity()
+        if num_layers is not None:
+            logging.set_verbosity_error()
+        try:
+            lm = AutoModelForCausalLM.from_pretrained(
+                name_or_path, config=config.backbone_config, dtype=dtype, **load_kwargs
+            )
+        finally:
+            logging.set_verbosity(verbosity)
+        model = cls(config, backbone=lm.base_model)
+        model._init_from_lm(lm)
+        if dtype is not None:
+            model.to(lm.dtype)
+        model.config.name_or_path = str(name_or_path)
+        return model
+
+    def _init_from_lm(self, lm: PreTrainedModel) -> None:
+        """Hook for subclasses that take more than the base model from the causal LM."""
+
+
+class RadVForRewardModeling(RadPreTrainedModel):
+    r"""
+    RAD-V reward model: a causal backbone and a linear value head with bias, `r_t = W h_t + b` at every position.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from transformers import GPT2Config
+    >>> from rad_q_hf import RadVConfig, RadVForRewardModeling
+    >>> config = RadVConfig(backbone_config=GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4))
+    >>> model = RadVForRewardModeling(config)
+    >>> out = model(torch.tensor([[5, 6, 7]]), labels=torch.tensor([[1.0]]))
+    >>> out.rewards.shape  # (B, T, n_labels): the reward of every prefix
+    torch.Size([1, 3, 1])
+    ```
+    """
+
+    config_class = RadVConfig
+
+    def __init__(self, config: RadVConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config, backbone)
+        self.value_head = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is getattr(self, "value_head", None):
+            init.normal_(module.weight, mean=0.0, std=self.config.backbone_config.initializer_range)
+            init.zeros_(module.bias)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        use_cache: bool | None = None,
+        labels: torch.Tensor | None = None,
+        past_key_values=None,
+        **kwargs,
+    ) -> RewardModelOutput:
+        r"""
+        attention_mask: (B, past + T), 1 for real tokens; positions are derived from it (padding-aware).
+        cache / past_key_values: a `DynamicCache` from an earlier call (both names are accepted).
+        labels: (B, n_labels) targets in [0, 1] of each whole text; gives the cumulative length-weighted MSE.
+        """
+        cache = cache if cache is not None else past_key_values
+        hidden, cache = self._encode(input_ids, attention_mask, position_ids, cache, use_cache)
+        rewards = self.value_head(hidden)  # (B, T, L)
+        loss = None
+        if labels is not None:
+            self._check_labels(labels, input_ids.shape[0])
+            mask = attention_mask[:, -input_ids.shape[1] :] if attention_mask is not None else torch.ones_like(input_ids)
+            loss = cumulative_mse_loss(rewards, labels, mask)
+        return RewardModelOutput(loss=loss, rewards=rewards, cache=cache, hidden_states=hidden)
+
+
+__all__ = ["RadPreTrainedModel", "RadVForRewardModeling", "RewardModelOutput", "cumulative_mse_loss"]
