@@ -1,12 +1,12 @@
 """The one place that knows about transformers' `past_key_values` → `cache` rename (5.24)."""
 
 import inspect
-from functools import lru_cache
+from functools import cache
 
 import torch
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cache_kwarg_of(forward_fn) -> str:
     return "cache" if "cache" in inspect.signature(forward_fn).parameters else "past_key_values"
 

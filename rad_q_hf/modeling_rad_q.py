@@ -80,6 +80,30 @@ class RadQForRewardModeling(RadPreTrainedModel):
         module = self.output_embeddings if self.output_embeddings is not None else self.get_input_embeddings()
         return module.weight
 
+    def score_hidden(
+        self, hidden: torch.Tensor, query_ids: torch.LongTensor | None = None, label: int | None = None
+    ) -> torch.Tensor:
+        """Rewards of next tokens after prefixes whose last hidden states are `hidden` (..., d).
+
+        query_ids (..., k) picks the tokens (only their k rows of E are read); `None` scores all of V. Returns
+        (..., n_labels, k|V), or (..., k|V) for one `label` index (then only W_label is applied). The baseline
+        b_jᵀ h_t is shared by every token.
+        """
+        d = hidden.shape[-1]
+        if label is None:
+            u = self.reward_head(hidden).unflatten(-1, (self.config.num_labels, d))  # (..., L, d) = W_j h_t
+            b = self.baseline_head(hidden)[..., None] if self.baseline_head is not None else 0  # (..., L, 1)
+        else:
+            u = nn.functional.linear(hidden, self.reward_head.weight[label * d : (label + 1) * d])  # (..., d)
+            b = self.baseline_head(hidden)[..., label, None] if self.baseline_head is not None else 0  # (..., 1)
+        E = self.token_embeddings.to(u.dtype)  # (V, d)
+        if query_ids is None:
+            return u @ E.T + b  # (..., [L,] V)
+        e = E[query_ids]  # (..., k, d): gather the k rows first, never build the (..., V) product
+        if label is None:
+            return torch.einsum("...ld,...kd->...lk", u, e) + b  # (..., L, k)
+        return torch.einsum("...d,...kd->...k", u, e) + b  # (..., k)
+
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -111,16 +135,8 @@ class RadQForRewardModeling(RadPreTrainedModel):
                 f"`query_ids` must have shape (batch, seq_len, k) = ({B}, {T}, k), got {tuple(query_ids.shape)}."
             )
 
-        hidden, cache = self._encode(input_ids, attention_mask, position_ids, cache, use_cache)  # (B, T, d)
-        n, d = self.config.num_labels, hidden.shape[-1]
-        u = self.reward_head(hidden).view(B, T, n, d)  # (B, T, L, d) = W_j h_t
-        E = self.token_embeddings.to(u.dtype)  # (V, d)
-        if query_ids is None:
-            rewards = torch.einsum("btld,vd->btlv", u, E)  # (B, T, L, V)
-        else:
-            rewards = torch.einsum("btld,btkd->btlk", u, E[query_ids])  # (B, T, L, k)
-        if self.baseline_head is not None:
-            rewards = rewards + self.baseline_head(hidden)[..., None]  # + b_jᵀ h_t, shared by every token
+        hidden, cache = self.encode(input_ids, attention_mask, position_ids, cache, use_cache)  # (B, T, d)
+        rewards = self.score_hidden(hidden, query_ids)  # (B, T, L, k) or (B, T, L, V)
 
         loss = None
         if labels is not None:

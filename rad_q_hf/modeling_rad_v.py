@@ -82,7 +82,7 @@ class RadPreTrainedModel(PreTrainedModel):
             raise ValueError(f"`input_ids` must have shape (batch, seq_len), got {tuple(input_ids.shape)}.")
         return input_ids.shape
 
-    def _encode(self, input_ids, attention_mask, position_ids, cache, use_cache, output_attentions=None):
+    def encode(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=None):
         """Run the backbone. Returns last hidden states (B, T, d) and the cache.
 
         With an `attention_mask` covering past + new tokens and no `position_ids`, positions count real tokens only
@@ -181,6 +181,13 @@ class RadVForRewardModeling(RadPreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=self.config.backbone_config.initializer_range)
             init.zeros_(module.bias)
 
+    def score_hidden(self, hidden: torch.Tensor, label: int | None = None) -> torch.Tensor:
+        """Rewards of the prefixes whose last hidden states are `hidden` (..., d): (..., n_labels), or (...) for one
+        `label` index."""
+        if label is None:
+            return self.value_head(hidden)
+        return nn.functional.linear(hidden, self.value_head.weight[label], self.value_head.bias[label])
+
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -198,8 +205,8 @@ class RadVForRewardModeling(RadPreTrainedModel):
         labels: (B, n_labels) targets in [0, 1] of each whole text; gives the cumulative length-weighted MSE.
         """
         cache = cache if cache is not None else past_key_values
-        hidden, cache = self._encode(input_ids, attention_mask, position_ids, cache, use_cache)
-        rewards = self.value_head(hidden)  # (B, T, L)
+        hidden, cache = self.encode(input_ids, attention_mask, position_ids, cache, use_cache)
+        rewards = self.score_hidden(hidden)  # (B, T, L)
         loss = None
         if labels is not None:
             self._check_labels(labels, input_ids.shape[0])

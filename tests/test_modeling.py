@@ -112,7 +112,7 @@ def test_cached_forward_matches_full_forward_with_left_padding(kind, backbone):
 def slow_cumulative_mse(per_prefix, labels):
     """The formula, one text at a time: Σ_t 2t/(L(L+1)) Σ_j (r_tj − y_j)², averaged over texts."""
     total = 0.0
-    for r, y in zip(per_prefix, labels):
+    for r, y in zip(per_prefix, labels, strict=True):
         L = len(r)
         total += sum(2 * t / (L * (L + 1)) * ((r[t - 1] - y) ** 2).sum() for t in range(1, L + 1))
     return total / len(per_prefix)
