@@ -7,6 +7,7 @@ from transformers import AutoConfig, AutoModel
 
 from .configuration_rad_q import RadQConfig
 from .configuration_rad_v import RadVConfig
+from .decoding import RADQ, RADV, RewardAugmentedLogitsProcessor, RewardTerm
 from .modeling_rad_q import RadQForRewardModeling
 from .modeling_rad_v import RadPreTrainedModel, RadVForRewardModeling, RewardModelOutput, cumulative_mse_loss
 
@@ -20,6 +21,10 @@ for _config_cls, _model_cls in ((RadVConfig, RadVForRewardModeling), (RadQConfig
     _model_cls.register_for_auto_class("AutoModel")
 
 __all__ = [
+    "RADQ",
+    "RADV",
+    "RewardAugmentedLogitsProcessor",
+    "RewardTerm",
     "RadPreTrainedModel",
     "RadQConfig",
     "RadQForRewardModeling",

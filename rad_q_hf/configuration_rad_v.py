@@ -51,7 +51,9 @@ class RadVConfig(PretrainedConfig):
         if num_layers is not None and backbone_config is not None:
             total = backbone_config.num_hidden_layers
             if not 1 <= num_layers <= total:
-                raise ValueError(f"`num_layers` must be between 1 and the backbone's {total} layers, got {num_layers}.")
+                raise ValueError(
+                    f"`num_layers` must be between 1 and the backbone's {total} layers, got {num_layers}."
+                )
             _truncate_layers(backbone_config, num_layers)
         self.backbone_config = backbone_config
         self.label_names = label_names

@@ -126,7 +126,9 @@ class RadQForRewardModeling(RadPreTrainedModel):
         cache = cache if cache is not None else past_key_values
         B, T = self._batch_shape(input_ids)
         if labels is not None and query_ids is not None:
-            raise ValueError("Pass `labels` or `query_ids`, not both: with `labels` the observed next tokens are queried.")
+            raise ValueError(
+                "Pass `labels` or `query_ids`, not both: with `labels` the observed next tokens are queried."
+            )
         if labels is not None:
             # Teacher forcing: the last position has no observed next token; it queries a dummy id, masked below.
             query_ids = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)[..., None]  # (B, T, 1)

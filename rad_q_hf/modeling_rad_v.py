@@ -186,7 +186,7 @@ class RadVForRewardModeling(RadPreTrainedModel):
         `label` index."""
         if label is None:
             return self.value_head(hidden)
-        return nn.functional.linear(hidden, self.value_head.weight[label], self.value_head.bias[label])
+        return hidden @ self.value_head.weight[label] + self.value_head.bias[label]
 
     def forward(
         self,
@@ -210,7 +210,9 @@ class RadVForRewardModeling(RadPreTrainedModel):
         loss = None
         if labels is not None:
             self._check_labels(labels, input_ids.shape[0])
-            mask = attention_mask[:, -input_ids.shape[1] :] if attention_mask is not None else torch.ones_like(input_ids)
+            mask = (
+                attention_mask[:, -input_ids.shape[1] :] if attention_mask is not None else torch.ones_like(input_ids)
+            )
             loss = cumulative_mse_loss(rewards, labels, mask)
         return RewardModelOutput(loss=loss, rewards=rewards, cache=cache, hidden_states=hidden)
 

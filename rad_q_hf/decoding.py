@@ -1,0 +1,378 @@
+"""Reward-augmented decoding as a `LogitsProcessor`: `model.generate(..., logits_processor=[RADQ(rm, ...)])`.
+
+At every step the LM's top-k candidates `v` get `z_v + β·clamp(r_v, 0, 1)` (or `β·(1 − clamp(r_v, 0, 1))` with
+`direction="minimize"`) and every other token `−inf`. The reward model keeps its own KV cache across steps:
+
+- RAD-Q: one cached forward per step on the newest token (BOS is prepended once at the prefill, as in training);
+  the k candidates are scored by gathering their k rows of `E` against `W h_t`.
+- RAD-V: one forward per step over the B·k candidate rows, on the prefix cache expanded k-fold; the chosen
+  candidate's cache row is then kept (no second forward for the chosen token).
+
+`generate` hands a processor only `input_ids` and `scores` (no mask, no cache, no beam indices), so the processor
+tracks the rows it saw: a row set that grew by one column continues the cache; rows that beam search reordered are
+matched to their previous rows and the cache is reordered; anything else (a new `generate` call, a different row
+count) rebuilds the cache from the full `input_ids`. The prompt's `attention_mask` must be given for left-padded
+batches. Temperature, applied by `generate` after this processor, also divides β: use `temperature=1` as the
+papers do.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor
+
+from .modeling_rad_v import RadPreTrainedModel
+
+
+@dataclass
+class RewardTerm:
+    """One reward-model term `β · r_label` (or `β · (1 − r_label)` with `direction="minimize"`)."""
+
+    reward_model: RadPreTrainedModel
+    beta: float = 10.0
+    label: int | str = 0
+    direction: str = "maximize"
+
+
+class RewardAugmentedLogitsProcessor(LogitsProcessor):
+    r"""
+    Reward-augmented decoding with a RAD-V or RAD-Q reward model (or a sum of several, see [`combine`]).
+
+    Args:
+        reward_model: a [`RadVForRewardModeling`] or [`RadQForRewardModeling`] sharing the LM's vocabulary.
+        beta: reward strength β.
+        top_k: number of LM candidates scored per step (RAD-V needs it; RAD-Q may set it to `None` with `top_p`).
+        top_p: nucleus filter on the LM's distribution before the reward is added (RAD-Q over the whole vocabulary;
+            with `top_k` as well, applied within the top-k).
+        label: index or name of the reward output to use.
+        direction: `"maximize"` (e.g. positive sentiment) or `"minimize"` (uses `1 − r`: detoxification).
+        attention_mask: the prompt's attention mask exactly as given to `generate` (needed for left padding).
+        tokenizer: the LM's tokenizer, checked against the reward model's vocabulary (and its saved tokenizer,
+            when the reward model folder has one).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from transformers import AutoModelForCausalLM, GPT2Config
+    >>> from rad_q_hf import RADQ, RadQConfig, RadQForRewardModeling
+    >>> backbone = GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=1)
+    >>> lm = AutoModelForCausalLM.from_config(backbone)
+    >>> rm = RadQForRewardModeling(RadQConfig(backbone_config=backbone))
+    >>> prompt = torch.tensor([[5, 6, 7]])
+    >>> out = lm.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, max_new_tokens=4,
+    ...                   logits_processor=[RADQ(rm, beta=10.0, top_k=5)], pad_token_id=1)
+    >>> out.shape
+    torch.Size([1, 7])
+    ```
+    """
+
+    expected_model_type: str | None = None  # set by RADQ / RADV
+    supports_continuous_batching = False
+
+    def __init__(
+        self,
+        reward_model: RadPreTrainedModel,
+        beta: float = 10.0,
+        top_k: int | None = 20,
+        top_p: float | None = None,
+        label: int | str = 0,
+        direction: str = "maximize",
+        attention_mask: torch.Tensor | None = None,
+        tokenizer=None,
+    ):
+        self._setup([RewardTerm(reward_model, beta, label, direction)], top_k, top_p, attention_mask, tokenizer)
+
+    @classmethod
+    def combine(
+        cls,
+        terms: list[RewardTerm | tuple],
+        top_k: int | None = 20,
+        top_p: float | None = None,
+        attention_mask: torch.Tensor | None = None,
+        tokenizer=None,
+    ) -> "RewardAugmentedLogitsProcessor":
+        """Several reward terms over one candidate set: `z_v + Σ_i β_i · r_i(v)`.
+
+        `terms` holds [`RewardTerm`]s or tuples `(reward_model, beta[, label[, direction]])`, e.g.
+        `combine([(detox_rm, 10.0, 0, "minimize"), (sentiment_rm, 5.0)])`.
+        """
+        self = cls.__new__(cls)
+        self._setup(
+            [t if isinstance(t, RewardTerm) else RewardTerm(*t) for t in terms],
+            top_k,
+            top_p,
+            attention_mask,
+            tokenizer,
+        )
+        return self
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # construction-time checks
+    def _setup(self, terms, top_k, top_p, attention_mask, tokenizer) -> None:
+        if not terms:
+            raise ValueError("At least one reward term is needed.")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"`top_k` must be an integer ≥ 1 (or None with `top_p`), got {top_k!r}.")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"`top_p` must be in (0, 1], got {top_p!r}.")
+        if top_k is None and top_p is None:
+            raise ValueError("Give `top_k`, `top_p` or both: RAD adds rewards to a filtered candidate set.")
+        vocab_sizes = {t.reward_model.config.vocab_size for t in terms}
+        if len(vocab_sizes) > 1:
+            raise ValueError(f"The reward models have different vocabulary sizes {sorted(vocab_sizes)}.")
+        self.scorers = [_make_scorer(t, self.expected_model_type) for t in terms]
+        if top_k is None and any(isinstance(s, _RadVScorer) for s in self.scorers):
+            raise ValueError("RAD-V scores a fixed number of candidates per step: set `top_k` (e.g. 20).")
+        self.top_k, self.top_p = top_k, top_p
+        self.vocab_size = vocab_sizes.pop()
+        # With the LM tokenizer known, a stale mask (a reused processor, new prompts) is caught at the prefill.
+        self.pad_token_id = getattr(tokenizer, "pad_token_id", None)
+        if tokenizer is not None:
+            _check_tokenizer(tokenizer, terms)
+        self.reset(attention_mask)
+
+    def reset(self, attention_mask: torch.Tensor | None = None) -> None:
+        """Forget the cached state; give the next prompt's `attention_mask` before reusing the processor for it."""
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError(f"`attention_mask` must be (num_prompts, prompt_len), got {tuple(attention_mask.shape)}.")
+        self.prompt_mask = attention_mask
+        self._ids = None  # (N, P) rows seen at the last call
+        self._mask = None  # (N, P) their attention mask
+        for scorer in self.scorers:
+            scorer.reset()
+
+    # ----------------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.shape[-1] != self.vocab_size:
+            raise ValueError(
+                f"The LM scores {scores.shape[-1]} tokens but the reward model's vocabulary has {self.vocab_size}: "
+                "RAD needs the LM and the reward model to share one tokenizer (same token → id map)."
+            )
+        N, P = input_ids.shape
+        beam_idx, continues = self._match_previous_rows(input_ids)
+        if continues:
+            mask = torch.cat(
+                [self._mask[beam_idx] if beam_idx is not None else self._mask, self._mask.new_ones(N, 1)], 1
+            )
+        else:
+            mask = self._initial_mask(input_ids)
+
+        # Candidate set: top-k (then top-p inside it), or top-p over the whole vocabulary (RAD-Q only).
+        if self.top_k is not None:
+            cand_scores, cand = scores.topk(min(self.top_k, scores.shape[-1]), dim=-1)  # (N, k), sorted
+        else:
+            cand_scores, cand = scores, None  # (N, V)
+        keep = _top_p_keep(cand_scores, self.top_p, sorted_=cand is not None) if self.top_p is not None else None
+
+        bonus = torch.zeros_like(cand_scores, dtype=torch.float32)
+        for scorer in self.scorers:
+            r = (
+                scorer.prefill(input_ids, mask, cand)
+                if not continues
+                else scorer.step(input_ids[:, -1:], mask, beam_idx, cand)
+            )
+            bonus += scorer.weight(r)
+        new = cand_scores.float() + bonus
+        if keep is not None:
+            new = new.masked_fill(~keep, -math.inf)
+        self._ids, self._mask = input_ids, mask
+        if cand is None:
+            return new.to(scores.dtype)
+        return torch.full_like(scores, -math.inf).scatter(-1, cand, new.to(scores.dtype))
+
+    def _match_previous_rows(self, input_ids):
+        """Whether these rows extend the previous call's rows by one token, and how beam search reordered them.
+
+        Returns (beam_idx or None, continues). One host sync per step (a bool), only to pick the code path.
+        """
+        prev = self._ids
+        if prev is None or prev.shape[0] != input_ids.shape[0] or prev.shape[1] + 1 != input_ids.shape[1]:
+            return None, False
+        head = input_ids[:, :-1]
+        if torch.equal(head, prev):
+            return None, True
+        match = (head[:, None, :] == prev[None, :, :]).all(-1)  # (N_new, N_old)
+        if not bool(match.any(-1).all()):
+            return None, False  # not a reorder of the rows we know (e.g. a new generate call): rebuild
+        return match.int().argmax(-1), True  # (N,) previous row of each new row
+
+    def _initial_mask(self, input_ids):
+        N, P = input_ids.shape
+        if self.prompt_mask is None:
+            return torch.ones_like(input_ids)
+        m = self.prompt_mask.to(input_ids.device).long()
+        if N % m.shape[0] or m.shape[1] > P:
+            raise ValueError(
+                f"The processor's attention_mask {tuple(m.shape)} does not fit these prompts ({N} rows × {P} tokens). "
+                "Pass the mask of the prompts given to `generate` (processor.reset(attention_mask=...) before reuse)."
+            )
+        # generate repeats each prompt num_return_sequences (or num_beams) times, interleaved.
+        m = m.repeat_interleave(N // m.shape[0], dim=0)
+        pad_id = self.pad_token_id
+        if pad_id is not None and not bool((input_ids[:, : m.shape[1]][m == 0] == pad_id).all()):
+            raise ValueError(
+                "attention_mask marks as padding some positions that hold real tokens: it is not the mask of these "
+                "prompts. Call processor.reset(attention_mask=...) with the new prompts' mask before reusing it."
+            )
+        return torch.cat([m, m.new_ones(N, P - m.shape[1])], dim=1)
+
+
+class RADQ(RewardAugmentedLogitsProcessor):
+    """[`RewardAugmentedLogitsProcessor`] that accepts only RAD-Q reward models (one reward-model call per token)."""
+
+    expected_model_type = "rad_q"
+
+
+class RADV(RewardAugmentedLogitsProcessor):
+    """[`RewardAugmentedLogitsProcessor`] that accepts only RAD-V reward models (k reward-model rows per step)."""
+
+    expected_model_type = "rad_v"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# per-reward-model state
+class _Scorer:
+    def __init__(self, term: RewardTerm):
+        self.model = term.reward_model.eval()  # dropout off: rewards must not depend on the RNG
+        config = self.model.config
+        self.label = config.label_index(term.label)
+        if term.direction not in ("maximize", "minimize"):
+            raise ValueError(f"`direction` must be 'maximize' or 'minimize', got {term.direction!r}.")
+        if not math.isfinite(float(term.beta)):
+            raise ValueError(f"`beta` must be a finite number, got {term.beta!r}.")
+        self.beta, self.minimize = float(term.beta), term.direction == "minimize"
+        bc = config.backbone_config
+        self.max_positions = getattr(bc, "max_position_embeddings", None) or getattr(bc, "n_positions", None)
+        self.reset()
+
+    def reset(self):
+        self.cache = None
+
+    def weight(self, r: torch.Tensor) -> torch.Tensor:
+        r = r.float().clamp(0.0, 1.0)
+        return self.beta * (1.0 - r if self.minimize else r)
+
+    def _check_length(self, n_tokens: int) -> None:
+        if self.max_positions is not None and n_tokens > self.max_positions:
+            raise ValueError(
+                f"The reward model would read {n_tokens} tokens, beyond its context of {self.max_positions}. "
+                "Shorten the prompts (tokenizer(..., truncation=True, max_length=...)) or max_new_tokens."
+            )
+
+
+class _RadQScorer(_Scorer):
+    """One cached forward per step over the newest token; BOS + prompt at the prefill."""
+
+    def prefill(self, ids, mask, cand):
+        self._check_length(ids.shape[1] + 1)
+        device = self.model.device
+        bos = torch.full_like(ids[:, :1], self.model.config.bos_token_id)
+        ids = torch.cat([bos, ids], 1).to(device)
+        mask = torch.cat([torch.ones_like(bos), mask], 1).to(device)  # BOS counts as real
+        hidden, self.cache = self.model.encode(ids, mask, use_cache=True)  # (N, 1+P, d)
+        return self._score(hidden[:, -1], cand)
+
+    def step(self, new_tok, mask, beam_idx, cand):
+        self._check_length(mask.shape[1] + 1)
+        device = self.model.device
+        if beam_idx is not None:
+            self.cache.reorder_cache(beam_idx.to(device))
+        mask = torch.cat([torch.ones_like(mask[:, :1]), mask], 1).to(device)
+        hidden, self.cache = self.model.encode(new_tok.to(device), mask, cache=self.cache, use_cache=True)
+        return self._score(hidden[:, -1], cand)
+
+    def _score(self, h, cand):  # h (N, d) -> (N, k) or (N, V)
+        q = cand.to(h.device) if cand is not None else None
+        return self.model.score_hidden(h, q, label=self.label)
+
+
+class _RadVScorer(_Scorer):
+    """The prefix cache is held k-fold; each step scores all N·k candidate rows in one forward."""
+
+    def reset(self):
+        super().reset()
+        self.cand = None  # (N, k) candidates of the previous step: find which one was chosen
+
+    def prefill(self, ids, mask, cand):
+        self._check_length(ids.shape[1] + 1)
+        device = self.model.device
+        _, self.cache = self.model.encode(ids.to(device), mask.to(device), use_cache=True)
+        self.cache.batch_repeat_interleave(cand.shape[1])  # (N·k) rows, each holding the prefix
+        return self._score_candidates(mask, cand)
+
+    def step(self, new_tok, mask, beam_idx, cand):
+        self._check_length(mask.shape[1] + 1)
+        device = self.model.device
+        k_prev = self.cand.shape[1]
+        src = beam_idx.to(device) if beam_idx is not None else torch.arange(len(new_tok), device=device)  # (N,)
+        # The cache rows already hold prefix ⊕ candidate: keep the chosen candidate's row of each source row. A token
+        # outside the candidates only follows a finished row (generate pads it); such a row keeps candidate 0 and
+        # its later scores, which generate discards, are not recomputed.
+        chosen = (self.cand[src] == new_tok.to(device)).int().argmax(-1)  # (N,)
+        self.cache.batch_select_indices(src * k_prev + chosen)
+        self.cache.batch_repeat_interleave(cand.shape[1])
+        return self._score_candidates(mask, cand)
+
+    def _score_candidates(self, mask, cand):
+        device = self.model.device
+        N, k = cand.shape
+        self.cand = cand.to(device)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1).to(device).repeat_interleave(k, dim=0)  # (N·k, P+1)
+        hidden, self.cache = self.model.encode(self.cand.reshape(N * k, 1), mask, cache=self.cache, use_cache=True)
+        return self.model.score_hidden(hidden[:, -1], label=self.label).view(N, k)
+
+
+def _make_scorer(term: RewardTerm, expected_model_type: str | None) -> _Scorer:
+    model_type = getattr(term.reward_model.config, "model_type", None)
+    if expected_model_type is not None and model_type != expected_model_type:
+        names = {"rad_q": "RADQ", "rad_v": "RADV"}
+        raise TypeError(
+            f"{names[expected_model_type]} needs a {expected_model_type} reward model, got {model_type!r}"
+            + (f": use {names[model_type]}(...) instead." if model_type in names else ".")
+        )
+    if model_type == "rad_q":
+        if term.reward_model.config.bos_token_id is None:
+            raise ValueError("RAD-Q prepends BOS to the prompt: set `bos_token_id` in the reward model's config.")
+        return _RadQScorer(term)
+    if model_type == "rad_v":
+        return _RadVScorer(term)
+    raise TypeError(f"Expected a RAD-V or RAD-Q reward model, got {type(term.reward_model).__name__}.")
+
+
+def _top_p_keep(scores: torch.Tensor, top_p: float, sorted_: bool) -> torch.Tensor:
+    """Nucleus mask: keep the most likely tokens until their probability mass reaches `top_p` (at least one)."""
+    probs = scores.float().softmax(-1)
+    if sorted_:  # top-k output is already sorted in decreasing order
+        return (probs.cumsum(-1) - probs) < top_p
+    sorted_probs, order = probs.sort(-1, descending=True)
+    keep_sorted = (sorted_probs.cumsum(-1) - sorted_probs) < top_p
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+def _check_tokenizer(tokenizer, terms) -> None:
+    """The LM tokenizer must fit every reward model's vocabulary, with the same token → id map where known."""
+    from transformers import AutoTokenizer  # local: only needed for this check
+
+    for term in terms:
+        config = term.reward_model.config
+        if len(tokenizer) > config.vocab_size:
+            raise ValueError(
+                f"The LM tokenizer has {len(tokenizer)} tokens but the reward model only {config.vocab_size}: "
+                "they do not share a vocabulary."
+            )
+        path = getattr(config, "name_or_path", "") or ""
+        try:
+            rm_tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True) if path else None
+        except (OSError, ValueError):
+            rm_tokenizer = None  # the reward model folder has no tokenizer of its own: nothing more to compare
+        if rm_tokenizer is not None and rm_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(
+                f"The LM tokenizer and the reward model's tokenizer ({path}) map tokens to different ids: RAD needs "
+                "one shared vocabulary."
+            )
+
+
+__all__ = ["RADQ", "RADV", "RewardAugmentedLogitsProcessor", "RewardTerm"]

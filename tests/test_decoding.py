@@ -1,0 +1,260 @@
+"""The reward-augmented logits processor against a slow reference, in every `generate` mode.
+
+The reference recomputes each candidate's reward from the full token sequence (real tokens only, one row at a time,
+no cache) — obviously correct and slow. A recorder wraps the fast processor inside `generate` and keeps what it was
+given and what it returned at every step (also under beam search, where rows are reordered between steps); the
+reference then processes the same inputs and the outputs must agree within 1e-4.
+"""
+
+import math
+
+import pytest
+import torch
+from conftest import BACKBONES, build_reward_model
+from tokenizers import Tokenizer, models
+from transformers import AutoModelForCausalLM, LogitsProcessor, PreTrainedTokenizerFast, TextStreamer
+
+from rad_q_hf import RADQ, RADV, RewardAugmentedLogitsProcessor, RewardTerm
+
+V = 120
+PAD, BOS = 2, 0
+MODES = ["batch1", "batch3_left_padded", "num_return_sequences2", "beam2", "eos_early", "top_p", "combined"]
+
+
+def spread(rm):
+    """Scale the random head so clamped rewards fall inside (0, 1) often, not only at the clamp bounds."""
+    with torch.no_grad():
+        for name, p in rm.named_parameters():
+            if name.startswith(("value_head", "reward_head", "baseline_head")):
+                p.mul_(25.0)
+        if hasattr(rm, "value_head"):
+            rm.value_head.bias.fill_(0.5)
+    return rm
+
+
+def build_lm(backbone):
+    torch.manual_seed(123)
+    return AutoModelForCausalLM.from_config(BACKBONES[backbone](V)).eval()
+
+
+def prompts(lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    ids = torch.full((len(lengths), T), PAD)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, T - n :] = torch.randint(3, V, (n,), generator=g)
+        mask[i, T - n :] = 1
+    return ids, mask
+
+
+class Recorder(LogitsProcessor):
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def __call__(self, input_ids, scores):
+        out = self.inner(input_ids, scores)
+        self.calls.append((input_ids.clone(), scores.clone(), out.clone()))
+        return out
+
+
+class ReferenceRAD:
+    """z_v + Σ β·clamp(r_v) on the candidates, −inf elsewhere; rewards recomputed from scratch."""
+
+    def __init__(self, terms, top_k, top_p, prompt_mask):
+        self.terms, self.top_k, self.top_p, self.prompt_mask = terms, top_k, top_p, prompt_mask
+
+    @torch.no_grad()
+    def __call__(self, input_ids, scores):
+        N, P = input_ids.shape
+        m = self.prompt_mask.repeat_interleave(N // len(self.prompt_mask), 0)
+        mask = torch.cat([m, torch.ones(N, P - m.shape[1], dtype=m.dtype)], 1).bool()
+        out = torch.full_like(scores, -math.inf)
+        for i in range(N):
+            real = input_ids[i][mask[i]]  # the row's tokens without padding
+            cand = scores[i].topk(self.top_k).indices if self.top_k else torch.arange(V)
+            z = scores[i, cand]
+            keep = torch.ones_like(cand, dtype=torch.bool)
+            if self.top_p is not None:
+                probs = z.softmax(-1)
+                order = probs.argsort(descending=True)
+                mass_before = probs[order].cumsum(0) - probs[order]
+                keep[order] = mass_before < self.top_p
+            total = z.clone()
+            for term in self.terms:
+                rm, label = term.reward_model, term.reward_model.config.label_index(term.label)
+                if rm.config.model_type == "rad_v":  # r(prefix ⊕ v): score each full sequence
+                    seqs = torch.cat([real.repeat(len(cand), 1), cand[:, None]], 1)
+                    r = rm(seqs, use_cache=False).rewards[:, -1, label]
+                else:  # r(BOS ⊕ prefix, v) from the full-vocabulary head
+                    seq = torch.cat([torch.tensor([BOS]), real])[None]
+                    r = rm(seq, use_cache=False).rewards[0, -1, label, cand]
+                r = r.clamp(0, 1)
+                total += term.beta * (1 - r if term.direction == "minimize" else r)
+            out[i, cand[keep]] = total[keep]
+        return out
+
+
+def setup_case(method, backbone, mode):
+    """(lm, prompt ids, prompt mask, terms, top_k, top_p, generate kwargs) for one cell of the matrix."""
+    lm = build_lm(backbone)
+    kind = "rad_v" if method == "rad_v" else "rad_q"
+    terms = [RewardTerm(spread(build_reward_model(kind, backbone, V, seed=1)), beta=3.0, label=0)]
+    top_k, top_p = 5, None
+    lengths = {"batch1": [5]}.get(mode, [6, 3, 1])
+    gen = dict(do_sample=True, max_new_tokens=6, pad_token_id=PAD, eos_token_id=1, top_k=0)
+    if mode == "num_return_sequences2":
+        lengths = [5, 2]
+        gen["num_return_sequences"] = 2
+    elif mode == "beam2":
+        lengths = [5, 2]
+        gen.update(do_sample=False, num_beams=2)
+    elif mode == "eos_early":
+        gen["eos_token_id"] = list(range(3, V, 3))  # a third of the vocabulary ends a row
+        gen["max_new_tokens"] = 10
+    elif mode == "top_p":
+        top_p = 0.8
+        top_k = None if method == "rad_q" else 5  # RAD-Q over the whole vocabulary; RAD-V within its top-k
+    elif mode == "combined":
+        other = "rad_q_no_baseline" if method == "rad_q" else "rad_q"  # RAD-V is combined with a RAD-Q term
+        terms.append(RewardTerm(spread(build_reward_model(other, backbone, V, seed=2)), 2.0, "b", "minimize"))
+    ids, mask = prompts(lengths)
+    return lm, ids, mask, terms, top_k, top_p, gen
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", ["rad_v", "rad_q"])
+def test_processor_matches_slow_reference(method, backbone, mode):
+    lm, ids, mask, terms, top_k, top_p, gen = setup_case(method, backbone, mode)
+    fast = RewardAugmentedLogitsProcessor.combine(terms, top_k=top_k, top_p=top_p, attention_mask=mask)
+    recorder = Recorder(fast)
+    torch.manual_seed(0)
+    out = lm.generate(
+        ids, attention_mask=mask, logits_processor=[recorder], return_dict_in_generate=True, output_scores=True, **gen
+    )
+    assert len(recorder.calls) == len(out.scores) >= 2
+    reference = ReferenceRAD(terms, top_k, top_p, mask)
+    spread_seen = []
+    eos = torch.tensor(gen["eos_token_id"]).flatten()
+    for step, (step_ids, raw, processed) in enumerate(recorder.calls):
+        expected = reference(step_ids, raw)
+        rows = slice(None)
+        if method == "rad_v":
+            # RAD-V does not re-encode rows that already finished (generate discards their scores): skip them.
+            rows = ~torch.isin(step_ids[:, ids.shape[1] :], eos).any(-1)
+        torch.testing.assert_close(processed[rows], expected[rows], rtol=1e-4, atol=1e-4, msg=f"step {step}")
+        finite = processed.isfinite()
+        spread_seen.append((processed - raw)[finite])
+        if top_k:
+            assert int(finite.sum(-1).max()) <= top_k
+    bonus = torch.cat(spread_seen)
+    assert bonus.std() > 0.1  # the rewards actually vary: the comparison is not between constants
+    if mode == "eos_early":  # some rows really finished before others
+        finished = (out.sequences[:, ids.shape[1] :] == PAD).any(-1)
+        assert finished.any() and not finished.all()
+
+
+@pytest.mark.parametrize("method", ["rad_v", "rad_q"])
+def test_sampled_tokens_lie_in_top_k(method, backbone):
+    lm, ids, mask, terms, top_k, _, gen = setup_case(method, backbone, "batch3_left_padded")
+    recorder = Recorder(RewardAugmentedLogitsProcessor.combine(terms, top_k=top_k, attention_mask=mask))
+    torch.manual_seed(1)
+    seqs = lm.generate(ids, attention_mask=mask, logits_processor=[recorder], **gen)
+    P = ids.shape[1]
+    for step, (_, raw, _) in enumerate(recorder.calls):
+        chosen = seqs[:, P + step]
+        assert (raw.topk(top_k).indices == chosen[:, None]).any(-1).all()
+
+
+@pytest.mark.parametrize("cls,kind", [(RADQ, "rad_q"), (RADV, "rad_v")])
+def test_beta_zero_equals_plain_top_k_sampling(cls, kind, backbone):
+    lm = build_lm(backbone)
+    ids, mask = prompts([6, 3, 4])
+    gen = dict(do_sample=True, max_new_tokens=8, pad_token_id=PAD, eos_token_id=1)
+    torch.manual_seed(7)
+    plain = lm.generate(ids, attention_mask=mask, top_k=5, **gen)
+    rm = build_reward_model(kind, backbone, V)
+    torch.manual_seed(7)
+    guided = lm.generate(
+        ids, attention_mask=mask, top_k=0, logits_processor=[cls(rm, 0.0, 5, attention_mask=mask)], **gen
+    )
+    assert torch.equal(plain, guided)
+
+
+@pytest.mark.parametrize("kind", ["rad_q", "rad_v"])
+def test_reusing_a_processor_rebuilds_its_state(kind, tokenizer):
+    lm, rm = build_lm("gpt2"), spread(build_reward_model(kind, "gpt2", V, seed=1))
+    ids1, mask1 = prompts([5, 2], seed=1)
+    ids2, mask2 = prompts([3, 6], seed=2)
+    gen = dict(do_sample=True, max_new_tokens=5, pad_token_id=PAD, eos_token_id=1, top_k=0)
+    proc = RewardAugmentedLogitsProcessor(rm, beta=5.0, top_k=5, attention_mask=mask1, tokenizer=tokenizer)
+
+    def run(p, ids, mask):
+        torch.manual_seed(3)
+        return lm.generate(ids, attention_mask=mask, logits_processor=[p], **gen)
+
+    first = run(proc, ids1, mask1)
+    assert torch.equal(run(proc, ids1, mask1), first)  # same prompts again: no reset needed
+    with pytest.raises(ValueError, match="reset"):
+        run(proc, ids2, mask2)  # the stored mask is not these prompts' mask
+    proc.reset(attention_mask=mask2)
+    fresh = RewardAugmentedLogitsProcessor(rm, beta=5.0, top_k=5, attention_mask=mask2)
+    assert torch.equal(run(proc, ids2, mask2), run(fresh, ids2, mask2))
+
+
+def test_streamer_and_bf16(tokenizer, capsys):
+    lm = build_lm("llama")
+    rm = build_reward_model("rad_q", "llama", V).to(torch.bfloat16)
+    batch = tokenizer(["the movie was"], return_tensors="pt")
+    out = lm.generate(
+        **batch,
+        do_sample=True,
+        max_new_tokens=4,
+        pad_token_id=PAD,
+        streamer=TextStreamer(tokenizer),
+        logits_processor=[RADQ(rm, 10.0, 5, attention_mask=batch["attention_mask"], tokenizer=tokenizer)],
+    )
+    assert out.shape == (1, batch["input_ids"].shape[1] + 4)
+    assert capsys.readouterr().out.startswith("the movie was")
+
+
+def test_construction_errors_are_clear(tokenizer):
+    rm_q = build_reward_model("rad_q", "gpt2", V, labels=("toxicity",))
+    rm_v = build_reward_model("rad_v", "gpt2", V, labels=("toxicity",))
+    with pytest.raises(TypeError, match=r"RADQ needs a rad_q reward model.*use RADV"):
+        RADQ(rm_v)
+    with pytest.raises(TypeError, match=r"RADV needs a rad_v reward model"):
+        RADV(rm_q)
+    with pytest.raises(ValueError, match="finite"):
+        RADQ(rm_q, beta=float("inf"))
+    with pytest.raises(ValueError, match="top_k"):
+        RADQ(rm_q, top_k=0)
+    with pytest.raises(ValueError, match="Unknown label 'sentiment'"):
+        RADQ(rm_q, label="sentiment")
+    with pytest.raises(ValueError, match="direction"):
+        RADQ(rm_q, direction="down")
+    with pytest.raises(ValueError, match="RAD-V scores a fixed number"):
+        RADV(rm_v, top_k=None, top_p=0.9)
+    small = build_reward_model("rad_q", "gpt2", 50)
+    with pytest.raises(ValueError, match="do not share a vocabulary"):
+        RADQ(small, tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="share one tokenizer"):
+        RADQ(small, top_k=5)(torch.ones(1, 3, dtype=torch.long), torch.zeros(1, V))
+    with pytest.raises(ValueError, match="beyond its context of 128"):
+        RADV(rm_v, top_k=3)(torch.ones(1, 128, dtype=torch.long), torch.zeros(1, V))
+
+
+def test_tokenizer_with_a_different_id_map_is_rejected(tokenizer, tmp_path):
+    """Same size, two ids swapped: the reward model's saved tokenizer betrays the mismatch."""
+    rm = build_reward_model("rad_q", "gpt2", V)
+    rm.save_pretrained(tmp_path)
+    vocab = dict(tokenizer.get_vocab())
+    a, b = [t for t, i in sorted(vocab.items(), key=lambda kv: kv[1]) if t not in ("<bos>", "<eos>", "<pad>")][:2]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    other = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    PreTrainedTokenizerFast(tokenizer_object=other, pad_token="<pad>").save_pretrained(tmp_path)
+    loaded = type(rm).from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="different ids"):
+        RADQ(loaded, tokenizer=tokenizer)
+    tokenizer.save_pretrained(tmp_path)  # the matching tokenizer passes
+    RADQ(loaded, tokenizer=tokenizer)
