@@ -312,8 +312,7 @@ class _RadVScorer(_Scorer):
         # outside the candidates only follows a finished row (generate pads it); such a row keeps candidate 0 and
         # its later scores, which generate discards, are not recomputed.
         chosen = (self.cand[src] == new_tok.to(device)).int().argmax(-1)  # (N,)
-        self.cache.batch_select_indices(src * k_prev + chosen)
-        self.cache.batch_repeat_interleave(cand.shape[1])
+        self.cache.batch_select_indices((src * k_prev + chosen).repeat_interleave(cand.shape[1]))  # one gather
         return self._score_candidates(mask, cand)
 
     def _score_candidates(self, mask, cand):

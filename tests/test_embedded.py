@@ -64,3 +64,28 @@ def test_real_embedded_smollm2_reward_model_forward(model_cls):
     T = batch["input_ids"].shape[1]
     expected = (2, T, 1) if model_cls is RadVForRewardModeling else (2, T, 1, len(tokenizer))
     assert rewards.shape == expected and torch.isfinite(rewards[batch["attention_mask"].bool()]).all()
+
+
+def test_real_embedded_smollm2_guided_generation():
+    """The embedded SmolLM2 as LM, steered by a RAD-Q and a RAD-V reward model on its first 2 layers."""
+    from transformers import AutoModelForCausalLM
+
+    from rad_q_hf import RewardAugmentedLogitsProcessor
+
+    path = embedded.resolve("smollm2-135m")
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    lm = AutoModelForCausalLM.from_pretrained(path).eval()
+    terms = [
+        (RadQForRewardModeling.from_backbone(path, labels=["toxicity"], num_layers=2), 10.0, "toxicity", "minimize"),
+        (RadVForRewardModeling.from_backbone(path, labels=["positive"], num_layers=2), 5.0),
+    ]
+    batch = tokenizer(["The weather today is", "I think that"], return_tensors="pt", padding=True)
+    processor = RewardAugmentedLogitsProcessor.combine(
+        terms, top_k=20, attention_mask=batch["attention_mask"], tokenizer=tokenizer
+    )
+    torch.manual_seed(0)
+    out = lm.generate(
+        **batch, do_sample=True, top_k=0, max_new_tokens=4, min_new_tokens=4, logits_processor=[processor]
+    )
+    assert out.shape == (2, batch["input_ids"].shape[1] + 4)
+    assert all(text.strip() for text in tokenizer.batch_decode(out[:, -4:], skip_special_tokens=True))

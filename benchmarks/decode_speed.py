@@ -1,0 +1,239 @@
+"""Decoding speed of RAD-Q and RAD-V against unguided sampling and against their own cost floors.
+
+    python benchmarks/decode_speed.py                      # embedded SmolLM2-135M as LM, its first 6 layers as RM
+    python benchmarks/decode_speed.py --device cuda --batch_sizes 1 8 32 --naive_batch_sizes 1 8 32
+
+One run measures, on the same LM and prompts: unguided top-k sampling, RAD-Q, RAD-V (batched, cached) and a naive
+RAD-V that re-encodes every candidate sequence without a cache (one batched call per step). It prints ms per
+generated token (per step, whole batch), the ratio of each to unguided, peak memory, and two floors measured in the
+same run from single cached forwards at mid-generation context:
+    RAD-Q floor = 1 + t_RM(B rows) / t_LM(B rows)        RAD-V floor = 1 + t_RM(B·k rows) / t_LM(B rows)
+Writes JSON and a markdown table to --output_dir. Reward heads are untrained: speed does not depend on them.
+"""
+
+import json
+import math
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import psutil
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, LogitsProcessor
+
+from rad_q_hf import RADQ, RADV, RadQForRewardModeling, RadVForRewardModeling
+from rad_q_hf.embedded import is_embedded, resolve
+
+TEXT = (
+    "The city council met on Tuesday evening to discuss the new budget, and after a long debate about schools, "
+    "roads and the future of the public library, the members finally agreed that they would vote again next week "
+    "once the auditors had published their report on last year's spending."
+)
+
+
+@dataclass
+class BenchmarkArguments:
+    lm: str = field(default="smollm2-135m", metadata={"help": "LM: an embedded name, a local folder or a Hub id."})
+    reward_backbone: str = field(default="smollm2-135m", metadata={"help": "Backbone of the reward models."})
+    reward_layers: int = field(default=6, metadata={"help": "Keep the reward backbone's first N layers."})
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32], metadata={"help": "Batch sizes to time."})
+    naive_batch_sizes: list[int] = field(
+        default_factory=lambda: [1], metadata={"help": "Batch sizes for the (slow) naive RAD-V; others are skipped."}
+    )
+    top_k: int = field(default=20, metadata={"help": "Candidates per step (k)."})
+    prompt_tokens: int = field(default=32, metadata={"help": "Prompt length in tokens (a few rows 1-3 shorter)."})
+    new_tokens: int = field(default=64, metadata={"help": "Tokens generated per row."})
+    repeats: int = field(default=1, metadata={"help": "Timed generate calls per cell (the median is kept)."})
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda."})
+    dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16."})
+    output_dir: str = field(default="benchmarks/results", metadata={"help": "Where JSON and markdown go."})
+
+
+class NaiveRADV(LogitsProcessor):
+    """RAD-V without a cache: every step re-encodes prompt + generated tokens + candidate for all B·k rows."""
+
+    def __init__(self, reward_model, beta, top_k, attention_mask):
+        self.rm, self.beta, self.k, self.prompt_mask = reward_model, beta, top_k, attention_mask
+
+    @torch.no_grad()
+    def __call__(self, input_ids, scores):
+        N, P = input_ids.shape
+        top, cand = scores.topk(self.k, dim=-1)  # (N, k)
+        mask = torch.cat([self.prompt_mask, self.prompt_mask.new_ones(N, P + 1 - self.prompt_mask.shape[1])], 1)
+        seqs = torch.cat([input_ids.repeat_interleave(self.k, 0), cand.reshape(-1, 1)], 1)  # (N·k, P+1)
+        hidden, _ = self.rm.encode(seqs, mask.repeat_interleave(self.k, 0), use_cache=False)
+        r = self.rm.score_hidden(hidden[:, -1], label=0).view(N, self.k).float().clamp(0, 1)
+        return torch.full_like(scores, -math.inf).scatter(-1, cand, top + self.beta * r)
+
+
+class PeakMemory:
+    """Peak of CUDA allocations, or of process RSS sampled every 5 ms on the CPU, above the level at entry."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.proc, self.base, self.peak, self.stop = psutil.Process(), psutil.Process().memory_info().rss, 0, False
+            self.thread = threading.Thread(target=self._poll, daemon=True)
+            self.thread.start()
+        return self
+
+    def _poll(self):
+        while not self.stop:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.mib = (torch.cuda.max_memory_allocated() - self.base) / 2**20
+        else:
+            self.stop = True
+            self.thread.join()
+            self.mib = max(self.peak - self.base, 0) / 2**20
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_prompts(tokenizer, batch, length, device):
+    ids = tokenizer(TEXT, add_special_tokens=False).input_ids
+    ids = (ids * (length // len(ids) + 1))[:length]
+    rows = [ids[i % 4 :] for i in range(batch)]  # lengths L, L-1, L-2, L-3: exercises left padding
+    tokenizer.padding_side = "left"
+    enc = tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def time_generate(lm, ids, mask, args, processor_factory, eos_id):
+    times, mems = [], []
+    for _ in range(args.repeats):
+        processors = [processor_factory()] if processor_factory else []
+        torch.manual_seed(0)
+        with PeakMemory(args.device) as mem:
+            sync(args.device)
+            t0 = time.perf_counter()
+            out = lm.generate(
+                ids,
+                attention_mask=mask,
+                do_sample=True,
+                top_k=args.top_k if not processors else 0,
+                temperature=1.0,
+                top_p=1.0,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                logits_processor=processors,
+                pad_token_id=eos_id,
+                eos_token_id=eos_id,
+            )
+            sync(args.device)
+            times.append(time.perf_counter() - t0)
+        mems.append(mem.mib)
+        assert out.shape[1] == ids.shape[1] + args.new_tokens
+    return 1000 * statistics.median(times) / args.new_tokens, max(mems)
+
+
+@torch.no_grad()
+def time_forward(model, ids, mask, device, repeats=5):
+    """Median time of one cached forward of one new token per row, after a prefill of `ids`."""
+    out = model(ids, attention_mask=mask, use_cache=True)
+    cache = out.cache if "cache" in out.keys() else out.past_key_values
+    step = ids[:, -1:]
+    mask = torch.cat([mask, mask[:, -1:]], 1)
+    times = []
+    for _ in range(repeats + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        model(step, attention_mask=mask, cache=cache, use_cache=True)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+        cache.crop(-1)  # drop the token just added, so every repeat sees the same context
+    return 1000 * statistics.median(times[1:])
+
+
+def main(args: BenchmarkArguments) -> list[dict]:
+    torch.set_grad_enabled(False)
+    dtype = getattr(torch, args.dtype)
+    lm_path = resolve(args.lm) if is_embedded(args.lm) else args.lm
+    rm_path = resolve(args.reward_backbone) if is_embedded(args.reward_backbone) else args.reward_backbone
+    tokenizer = AutoTokenizer.from_pretrained(lm_path)
+    lm = AutoModelForCausalLM.from_pretrained(lm_path, dtype=dtype).to(args.device).eval()
+    rad_q = RadQForRewardModeling.from_backbone(rm_path, num_layers=args.reward_layers, dtype=dtype)
+    rad_v = RadVForRewardModeling.from_backbone(rm_path, num_layers=args.reward_layers, dtype=dtype)
+    rad_q, rad_v = rad_q.to(args.device).eval(), rad_v.to(args.device).eval()
+    eos_id = tokenizer.eos_token_id
+    rows = []
+    for B in args.batch_sizes:
+        ids, mask = make_prompts(tokenizer, B, args.prompt_tokens, args.device)
+        # Floors at mid-generation context (prompt + half the new tokens), from single cached forwards.
+        ctx_ids = torch.cat([ids, ids[:, -args.new_tokens // 2 :]], 1)
+        ctx_mask = torch.cat([mask, torch.ones_like(ids[:, -args.new_tokens // 2 :])], 1)
+        t_lm = time_forward(lm, ctx_ids, ctx_mask, args.device)
+        t_rm_b = time_forward(rad_q.backbone, ctx_ids, ctx_mask, args.device)
+        k = args.top_k
+        t_rm_bk = time_forward(
+            rad_v.backbone, ctx_ids.repeat_interleave(k, 0), ctx_mask.repeat_interleave(k, 0), args.device
+        )
+        floors = {"rad_q": 1 + t_rm_b / t_lm, "rad_v": 1 + t_rm_bk / t_lm}
+        methods = {
+            "unguided": None,
+            "rad_q": partial(RADQ, rad_q, beta=10.0, top_k=k, attention_mask=mask),
+            "rad_v": partial(RADV, rad_v, beta=10.0, top_k=k, attention_mask=mask),
+        }
+        if B in args.naive_batch_sizes:
+            methods["rad_v_naive"] = partial(NaiveRADV, rad_v, 10.0, k, mask)
+        time_generate(lm, ids, mask, args, None, eos_id)  # warm-up
+        base = None
+        for name, factory in methods.items():
+            ms, mib = time_generate(lm, ids, mask, args, factory, eos_id)
+            base = ms if name == "unguided" else base
+            row = dict(batch=B, method=name, ms_per_token=ms, ratio=ms / base, peak_mib=mib)
+            if name in floors:
+                row["floor"], row["ratio_to_floor"] = floors[name], (ms / base) / floors[name]
+            rows.append(row)
+            print(json.dumps({k_: round(v, 3) if isinstance(v, float) else v for k_, v in row.items()}), flush=True)
+        print(f"  B={B}: t_LM={t_lm:.1f} ms, t_RM(B)={t_rm_b:.1f} ms, t_RM(B·k)={t_rm_bk:.1f} ms", flush=True)
+        rows.append(dict(batch=B, method="forwards", t_lm_ms=t_lm, t_rm_b_ms=t_rm_b, t_rm_bk_ms=t_rm_bk))
+    write(rows, args)
+    return rows
+
+
+def write(rows, args):
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({psutil.cpu_count()} logical cores)"
+    tag = f"decode_speed_{args.device}"
+    (out / f"{tag}.json").write_text(json.dumps({"args": asdict(args), "device": device, "rows": rows}, indent=2))
+    lines = [
+        f"Device: {device}; LM {args.lm}; RM backbone {args.reward_backbone} (first {args.reward_layers} layers); "
+        f"k = {args.top_k}; {args.prompt_tokens}-token prompts; {args.new_tokens} new tokens; {args.dtype}.",
+        "",
+        "| B | method | ms/token | × unguided | floor | × floor | peak MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["method"] == "forwards":
+            continue
+        floor = f"{r['floor']:.2f}" if "floor" in r else ""
+        to_floor = f"{r['ratio_to_floor']:.2f}" if "floor" in r else ""
+        lines.append(
+            f"| {r['batch']} | {r['method']} | {r['ms_per_token']:.1f} | {r['ratio']:.2f} | {floor} | {to_floor} "
+            f"| {r['peak_mib']:.0f} |"
+        )
+    (out / f"{tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    (arguments,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses()
+    main(arguments)
