@@ -25,6 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, LogitsProcessor
 
 from rad_q_hf import RADQ, RADV, RadQForRewardModeling, RadVForRewardModeling
+from rad_q_hf.compat import cache_kwarg, output_cache
 from rad_q_hf.embedded import is_embedded, resolve
 
 TEXT = (
@@ -147,14 +148,14 @@ def time_generate(lm, ids, mask, args, processor_factory, eos_id):
 def time_forward(model, ids, mask, device, repeats=5):
     """Median time of one cached forward of one new token per row, after a prefill of `ids`."""
     out = model(ids, attention_mask=mask, use_cache=True)
-    cache = out.cache if "cache" in out.keys() else out.past_key_values
+    cache = output_cache(out)
     step = ids[:, -1:]
     mask = torch.cat([mask, mask[:, -1:]], 1)
     times = []
     for _ in range(repeats + 1):
         sync(device)
         t0 = time.perf_counter()
-        model(step, attention_mask=mask, cache=cache, use_cache=True)
+        model(step, attention_mask=mask, use_cache=True, **{cache_kwarg(model): cache})
         sync(device)
         times.append(time.perf_counter() - t0)
         cache.crop(-1)  # drop the token just added, so every repeat sees the same context
