@@ -146,7 +146,11 @@ class RadQForRewardModeling(RadPreTrainedModel):
             mask = attention_mask[:, -T:] if attention_mask is not None else torch.ones_like(input_ids)
             # Position t scores prefix x≤t+1: it counts when both it and the queried token are real (any padding side).
             loss = cumulative_mse_loss(rewards[:, :-1, :, 0], labels, mask[:, :-1] * mask[:, 1:])
-        return RewardModelOutput(loss=loss, rewards=rewards, cache=cache, hidden_states=hidden)
+        if self.baseline_head is not None:
+            baselines = self.baseline_head(hidden)  # (B, T, L)
+        else:
+            baselines = hidden.new_zeros(B, T, self.config.num_labels)
+        return RewardModelOutput(loss=loss, rewards=rewards, cache=cache, hidden_states=hidden, baselines=baselines)
 
 
 __all__ = ["RadQForRewardModeling"]

@@ -27,12 +27,15 @@ class RewardModelOutput(ModelOutput):
             or `(B, T, n_labels, |V|)` for every vocabulary token. Raw regression values (clamp them to [0, 1]).
         cache: the backbone's KV cache, when `use_cache`.
         hidden_states: the backbone's last hidden states `(B, T, d)`.
+        baselines: RAD-Q only, the token-independent part `b_jᵀ h_t` of every reward, `(B, T, n_labels)` (zeros
+            without a baseline head); `rewards − baselines[..., None]` is the token-specific part `e_vᵀ W_j h_t`.
     """
 
     loss: torch.FloatTensor | None = None
     rewards: torch.FloatTensor | None = None
     cache: object | None = None
     hidden_states: torch.FloatTensor | None = None
+    baselines: torch.FloatTensor | None = None
 
 
 def cumulative_mse_loss(rewards: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
