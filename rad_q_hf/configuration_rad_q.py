@@ -28,6 +28,7 @@ class RadQConfig(RadVConfig):
     ...                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
     >>> RadQConfig(backbone_config=backbone).use_output_embeddings
     False
+
     ```
     """
 

@@ -28,6 +28,7 @@ class RadVConfig(PretrainedConfig):
     >>> config = RadVConfig(backbone_config=GPT2Config(n_layer=4), label_names=["toxicity"], num_layers=2)
     >>> config.backbone_config.num_hidden_layers, config.num_labels
     (2, 1)
+
     ```
     """
 

@@ -65,6 +65,7 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
     ...                   logits_processor=[RADQ(rm, beta=10.0, top_k=5)], pad_token_id=1)
     >>> out.shape
     torch.Size([1, 7])
+
     ```
     """
 

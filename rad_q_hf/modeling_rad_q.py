@@ -37,6 +37,7 @@ class RadQForRewardModeling(RadPreTrainedModel):
     torch.Size([1, 4, 1, 3])
     >>> model(ids).rewards.shape  # (B, T, n_labels, |V|)
     torch.Size([1, 4, 1, 99])
+
     ```
     """
 

@@ -168,6 +168,7 @@ class RadVForRewardModeling(RadPreTrainedModel):
     >>> out = model(torch.tensor([[5, 6, 7]]), labels=torch.tensor([[1.0]]))
     >>> out.rewards.shape  # (B, T, n_labels): the reward of every prefix
     torch.Size([1, 3, 1])
+
     ```
     """
 

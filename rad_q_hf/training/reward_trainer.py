@@ -1,0 +1,224 @@
+"""`RewardRegressionTrainer`: RAD's response-only regression of every prefix onto its text's label.
+
+RAD-V regresses the value `r(x≤t)` at every prefix. RAD-Q reads the same prefix reward as the reward of the observed
+token `x_t` after `BOS + x<t` (teacher forcing), so one forward scores all prefixes by querying one row of `E` each;
+no `(B, T, |V|)` tensor is ever built. Both use the cumulative length-weighted MSE of METHOD.md §2.
+"""
+
+import os
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import EvalPrediction, Trainer
+
+from ..data import DataError, RewardDataCollator
+from ..modeling_rad_v import cumulative_mse_loss
+from .adapters import TRAINABLE_STATE_NAME, apply_lora, has_lora, merged_state_dict, trainable_state_dict
+from .reward_config import RewardTrainingConfig
+
+
+def is_rad_q(model: nn.Module) -> bool:
+    return getattr(model.config, "model_type", None) == "rad_q"
+
+
+def with_bos(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """`BOS + x` and its mask, (B, T + 1): position p of the result holds the prefix x≤p and queries x_{p+1}."""
+    bos = model.config.bos_token_id
+    if bos is None:
+        raise ValueError(
+            "RAD-Q training puts BOS before each text, but the reward model's config has no bos_token_id."
+        )
+    B = input_ids.shape[0]
+    ids = torch.cat([input_ids.new_full((B, 1), bos), input_ids], dim=1)
+    mask = torch.cat([attention_mask.new_ones(B, 1), attention_mask], dim=1)
+    return ids, mask
+
+
+def prefix_rewards(model: nn.Module, input_ids, attention_mask, extra_query_ids=None):
+    """Reward of every prefix x≤t of right-padded texts, (B, T, n_labels), and the raw model output.
+
+    RAD-V: the value at each position. RAD-Q: the reward of the observed token x_t after BOS + x<t, read from
+    `BOS + x`; `extra_query_ids` (B, T + 1, k) are scored too, in `out.rewards[..., 1:]` at positions 0..T.
+    """
+    if not is_rad_q(model):
+        out = model(input_ids=input_ids, attention_mask=attention_mask)
+        return out.rewards, out  # (B, T, L)
+    T = input_ids.shape[1]
+    ids, mask = with_bos(model, input_ids, attention_mask)  # (B, T + 1)
+    observed = torch.cat([input_ids, input_ids[:, -1:]], dim=1)[..., None]  # (B, T + 1, 1); the last one is unused
+    queries = observed if extra_query_ids is None else torch.cat([observed, extra_query_ids], dim=-1)
+    out = model(input_ids=ids, attention_mask=mask, query_ids=queries)  # rewards (B, T + 1, L, 1 + k)
+    return out.rewards[:, :T, :, 0], out
+
+
+def baseline_prior(out, attention_mask: torch.Tensor, column: int = 1) -> torch.Tensor:
+    """Mean over real positions of Σ_j (e_vᵀ W_j h_t)², the token-specific reward of the queried `column` tokens."""
+    token_part = out.rewards[..., column] - out.baselines  # (B, T + 1, L)
+    mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], 1), attention_mask], 1).to(token_part.dtype)
+    return (token_part.pow(2).sum(-1) * mask).sum() / mask.sum().clamp(min=1)
+
+
+def last_token(rewards: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The reward of each whole (right-padded) text: (B, T, L) → (B, L)."""
+    last = attention_mask.long().sum(1) - 1  # (B,)
+    return rewards[torch.arange(rewards.shape[0], device=rewards.device), last]
+
+
+def compute_reward_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
+    """MSE and accuracy at 0.5 of the first label's reward at the last token of each text."""
+    preds, labels = np.asarray(eval_pred.predictions)[:, 0], np.asarray(eval_pred.label_ids)[:, 0]
+    return {
+        "mse": float(np.mean((preds - labels) ** 2)),
+        "accuracy": float(np.mean((preds >= 0.5) == (labels >= 0.5))),
+    }
+
+
+class RewardRegressionTrainer(Trainer):
+    r"""
+    Trains a RAD-V or RAD-Q reward model on labelled text (`input_ids` + `labels` rows, see `rad_q_hf.data`).
+
+    The loss is the cumulative length-weighted MSE over every prefix, summed over labels; for RAD-Q, plus the optional
+    baseline prior (`args.regularizer_weight`). Evaluation logs `eval_loss`, and `eval_mse` / `eval_accuracy` of the
+    first label at the last token. With `peft_config` the backbone gets LoRA adapters; checkpoints always hold merged
+    weights that load with `AutoModel.from_pretrained`, and resume from their trainable tensors.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from datasets import Dataset
+    >>> from transformers import GPT2Config
+    >>> from rad_q_hf import RadQConfig, RadQForRewardModeling
+    >>> from rad_q_hf.training import RewardRegressionTrainer, RewardTrainingConfig
+    >>> config = RadQConfig(backbone_config=GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, bos_token_id=0))
+    >>> data = Dataset.from_dict({"input_ids": [[5, 6, 7], [8, 9]] * 8, "labels": [[1.0], [0.0]] * 8})
+    >>> args = RewardTrainingConfig("/tmp/rad-q-doc", max_steps=2, per_device_train_batch_size=4, report_to="none")
+    >>> trainer = RewardRegressionTrainer(RadQForRewardModeling(config), args, train_dataset=data)
+    >>> trainer.train().global_step  # doctest: +ELLIPSIS
+    {...}
+    2
+
+    ```
+    """
+
+    # `compute_loss` returns a per-batch mean: let the Trainer divide by the accumulation steps (5.19+ honours this).
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        args: RewardTrainingConfig | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        compute_metrics=compute_reward_metrics,
+        callbacks=None,
+        optimizers=(None, None),
+        peft_config=None,
+    ):
+        args = args if args is not None else RewardTrainingConfig(output_dir="outputs/reward-model")
+        if args.remove_unused_columns:
+            raise ValueError("Set `remove_unused_columns=False`: the reward collator needs every column.")
+        for name, ds in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            self._check_dataset(name, ds, model)
+        if peft_config is not None:
+            model = apply_lora(model, peft_config)
+        if data_collator is None:
+            # Pads are masked out, so any in-vocabulary id will do (configs may carry ids of a bigger tokenizer).
+            pad = model.config.pad_token_id
+            pad = pad if pad is not None and 0 <= pad < model.config.vocab_size else 0
+            data_collator = RewardDataCollator(pad_token_id=pad)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        self.model_accepts_loss_kwargs = False  # transformers < 5.19 ignores `loss_is_scaled_for_ga`
+
+    @staticmethod
+    def _check_dataset(name: str, ds, model: nn.Module) -> None:
+        if ds is None or not hasattr(ds, "column_names"):
+            return
+        for split, d in ds.items() if isinstance(ds, dict) else [(name, ds)]:
+            missing = [c for c in ("input_ids", "labels") if c not in d.column_names]
+            if missing:
+                hint = " Tokenize it first with `rad_q_hf.data.tokenize`." if "text" in d.column_names else ""
+                raise DataError(f"`{split}` lacks the column(s) {missing}; it has {d.column_names}.{hint}")
+            if len(d) and len(d[0]["labels"]) != model.config.num_labels:
+                raise DataError(
+                    f"`{split}` rows have {len(d[0]['labels'])} label(s) but the reward model predicts "
+                    f"{model.config.num_labels} ({model.config.label_names}); make them match."
+                )
+
+    def _losses(self, model, inputs) -> dict[str, torch.Tensor]:
+        input_ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+        unwrapped = self.accelerator.unwrap_model(model)
+        c = self.args.regularizer_weight if is_rad_q(unwrapped) else 0.0
+        extra = None
+        if c > 0 and model.training:
+            B, T = input_ids.shape
+            extra = torch.randint(unwrapped.config.vocab_size, (B, T + 1, 1), device=input_ids.device)
+        rewards, out = prefix_rewards(model, input_ids, mask, extra)  # (B, T, L)
+        losses = {"regression": cumulative_mse_loss(rewards, labels, mask), "rewards": rewards}
+        losses["loss"] = losses["regression"]
+        if extra is not None:
+            losses["prior"] = baseline_prior(out, mask)
+            losses["loss"] = losses["loss"] + c * losses["prior"]
+        return losses
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        losses = self._losses(model, inputs)
+        return (losses["loss"], losses) if return_outputs else losses["loss"]
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            losses = self._losses(model, inputs)
+        loss = losses["regression"].detach()
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, last_token(losses["rewards"], inputs["attention_mask"]).detach(), inputs["labels"]
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not has_lora(self.model):
+            return super()._save(output_dir, state_dict)
+        # Merged weights under the plain names (loadable without peft) + the trainable tensors to resume from.
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        super()._save(output_dir, state_dict=merged_state_dict(self.model))
+        if self.args.should_save:
+            save_file(trainable_state_dict(self.model), os.path.join(output_dir, TRAINABLE_STATE_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        model = model if model is not None else self.model
+        if not has_lora(model):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, TRAINABLE_STATE_NAME)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} is missing: {resume_from_checkpoint} was not saved from a LoRA run.")
+        state = load_file(path)
+        expected = set(trainable_state_dict(model))
+        if set(state) != expected:
+            raise ValueError(
+                f"{path} does not match this model's trainable parameters (missing {sorted(expected - set(state))[:3]}, "
+                f"unexpected {sorted(set(state) - expected)[:3]}); resume with the same LoRA and model options."
+            )
+        model.load_state_dict(state, strict=False)
+
+
+__all__ = [
+    "RewardRegressionTrainer",
+    "baseline_prior",
+    "compute_reward_metrics",
+    "last_token",
+    "prefix_rewards",
+    "with_bos",
+]
