@@ -11,6 +11,7 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 TRAINABLE_STATE_NAME = "trainable_state.safetensors"
 HEADS = ("value_head", "reward_head", "baseline_head")
@@ -30,6 +31,8 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
     """Freeze the backbone, add LoRA adapters to it (in place) and keep the reward heads trainable."""
     if has_lora(model):
         raise ValueError("This reward model already has LoRA adapters.")
+    if any(isinstance(m, Conv1D) for m in model.backbone.modules()):
+        config.fan_in_fan_out = True  # GPT-2-style Conv1D stores weights transposed
     inject_adapter_in_model(config, model.backbone)
     for name, param in model.named_parameters():
         param.requires_grad_(".lora_" in name or name.split(".")[0] in HEADS)

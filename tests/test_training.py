@@ -1,0 +1,370 @@
+"""RewardRegressionTrainer / DistillationTrainer against slow, per-example implementations of METHOD.md's losses."""
+
+import pytest
+import torch
+from conftest import build_reward_model
+from datasets import Dataset
+from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import AutoModel, TrainerCallback
+
+from rad_q_hf.data import DataError, RewardDataCollator
+from rad_q_hf.training import (
+    DistillationConfig,
+    DistillationTrainer,
+    RewardRegressionTrainer,
+    RewardTrainingConfig,
+    lora_config,
+    teacher_candidate_values,
+)
+from rad_q_hf.training.reward_trainer import baseline_prior, prefix_rewards
+
+VOCAB = 120
+BOS = 0
+
+
+def make_data(n: int, num_labels: int = 2, seed: int = 0, max_len: int = 12) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, max_len + 1, (n,), generator=g).tolist()
+    ids = [torch.randint(3, VOCAB, (L,), generator=g).tolist() for L in lengths]
+    labels = torch.rand(n, num_labels, generator=g).tolist()
+    return Dataset.from_dict({"input_ids": ids, "labels": labels})
+
+
+def args(tmp_path, config_class=RewardTrainingConfig, **kwargs) -> RewardTrainingConfig:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        dataloader_pin_memory=False,
+        per_device_train_batch_size=8,
+    )
+    return config_class(**{**defaults, **kwargs})
+
+
+def slow_loss(model, rows) -> torch.Tensor:
+    """METHOD.md §2/§5a literally: one unpadded forward per prefix, Python loops."""
+    rad_q = model.config.model_type == "rad_q"
+    total = 0.0
+    for row in rows:
+        x, y = row["input_ids"], torch.tensor(row["labels"])
+        L = len(x)
+        for t in range(1, L + 1):
+            if rad_q:  # reward of the observed x_t after BOS + x<t
+                ids = torch.tensor([[BOS] + x[: t - 1]])
+                r = model(ids, query_ids=torch.tensor([[[x[t - 1]]] * t])).rewards[0, -1, :, 0]
+            else:
+                r = model(torch.tensor([x[:t]])).rewards[0, -1]
+            total = total + 2 * t / (L * (L + 1)) * (r - y).pow(2).sum()
+    return total / len(rows)
+
+
+def test_vectorised_loss_matches_per_example_formula(kind, backbone, tmp_path):
+    model = build_reward_model(kind, backbone, VOCAB)
+    data = make_data(7)
+    trainer = RewardRegressionTrainer(model, args(tmp_path), train_dataset=data)
+    batch = RewardDataCollator(pad_token_id=2)([data[i] for i in range(len(data))])
+    model.eval()
+    loss = trainer.compute_loss(model, batch)
+    torch.testing.assert_close(loss, slow_loss(model, data), rtol=1e-5, atol=1e-6)
+    if kind != "rad_v":  # the trainer's RAD-Q path equals the model's own teacher-forced loss (BOS put in front)
+        ids = torch.cat([torch.zeros(len(data), 1, dtype=torch.long), batch["input_ids"]], 1)
+        mask = torch.cat([torch.ones(len(data), 1, dtype=torch.long), batch["attention_mask"]], 1)
+        torch.testing.assert_close(loss, model(ids, attention_mask=mask, labels=batch["labels"]).loss)
+
+
+def test_baseline_prior_is_the_token_specific_part(backbone):
+    model = build_reward_model("rad_q", backbone, VOCAB)
+    data = make_data(3)
+    batch = RewardDataCollator(pad_token_id=2)([data[i] for i in range(3)])
+    B, T = batch["input_ids"].shape
+    extra = torch.randint(VOCAB, (B, T + 1, 1))
+    _, out = prefix_rewards(model, batch["input_ids"], batch["attention_mask"], extra)
+    hidden = out.hidden_states  # (B, T + 1, d)
+    d = hidden.shape[-1]
+    W = model.reward_head.weight.view(2, d, d)  # (L, d, d)
+    e = model.token_embeddings[extra[..., 0]]  # (B, T + 1, d)
+    token_part = torch.einsum("btd,lde,bte->btl", e, W, hidden)  # e_vᵀ W_j h_t
+    mask = torch.cat([torch.ones(B, 1), batch["attention_mask"].float()], 1)
+    expected = (token_part.pow(2).sum(-1) * mask).sum() / mask.sum()
+    torch.testing.assert_close(baseline_prior(out, batch["attention_mask"]), expected, rtol=1e-5, atol=1e-7)
+
+
+class GradCapture(TrainerCallback):
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("kind", ["rad_v", "rad_q"])
+def test_gradient_accumulation_equals_one_big_batch(kind, tmp_path):
+    data = make_data(100, seed=1)
+    results = []
+    for batch_size, accumulation in [(100, 1), (50, 2)]:
+        model = build_reward_model(kind, "llama", VOCAB)
+        capture = GradCapture()
+        config = args(
+            tmp_path,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            max_grad_norm=1e9,
+        )
+        trainer = RewardRegressionTrainer(model, config, train_dataset=data, callbacks=[capture])
+        loss = trainer.train().training_loss
+        results.append((loss, capture.grads))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any op produces (forward and backward): a device-independent memory probe."""
+
+    largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+def largest_training_tensor(model, vocab_size: int, full_vocabulary: bool = False) -> int:
+    data = make_data(4, seed=3)
+    batch = RewardDataCollator(pad_token_id=2)([data[i] for i in range(4)])
+    B, T = batch["input_ids"].shape
+    with LargestTensor() as probe:
+        if full_vocabulary:  # what a naive implementation does: score all of V, then pick the observed tokens
+            ids = torch.cat([torch.zeros(B, 1, dtype=torch.long), batch["input_ids"]], 1)
+            model(ids).rewards.sum().backward()
+        else:
+            extra = torch.randint(vocab_size, (B, T + 1, 1))
+            _, out = prefix_rewards(model, batch["input_ids"], batch["attention_mask"], extra)
+            (out.rewards.sum() + baseline_prior(out, batch["attention_mask"])).backward()
+    return probe.largest
+
+
+def test_rad_q_training_memory_does_not_grow_with_vocabulary():
+    # d = 32 < |V|: with frozen E no (B, T, |V|) tensor may appear, in the forward or the backward pass.
+    small, large = (build_reward_model("rad_q", "gpt2", v).train() for v in (VOCAB, 50 * VOCAB))
+    assert largest_training_tensor(small, VOCAB) == largest_training_tensor(large, 50 * VOCAB)
+    # The probe does see vocabulary-sized tensors when they exist.
+    assert largest_training_tensor(large, 50 * VOCAB, True) > 10 * largest_training_tensor(small, VOCAB, True)
+
+
+def test_eval_logs_loss_last_token_mse_and_accuracy(tmp_path):
+    model = build_reward_model("rad_v", "gpt2", VOCAB, labels=("toxicity",))
+    data = make_data(10, num_labels=1, seed=4)
+    trainer = RewardRegressionTrainer(model, args(tmp_path, per_device_eval_batch_size=4), eval_dataset=data)
+    metrics = trainer.evaluate()
+    model.eval()
+    with torch.no_grad():
+        preds = torch.stack([model(torch.tensor([r["input_ids"]])).rewards[0, -1, 0] for r in data])
+    labels = torch.tensor(data["labels"])[:, 0]
+    assert metrics["eval_mse"] == pytest.approx(float((preds - labels).pow(2).mean()), rel=1e-5)
+    assert metrics["eval_accuracy"] == pytest.approx(float(((preds >= 0.5) == (labels >= 0.5)).float().mean()))
+    with torch.no_grad():
+        assert metrics["eval_loss"] == pytest.approx(float(slow_loss(model, data)), rel=1e-5)
+
+
+def test_training_reduces_eval_mse(tmp_path):
+    """A learnable rule (label = whether token 7 occurs) is fitted by both methods."""
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, 20, (int(n),), generator=g).tolist() for n in torch.randint(3, 9, (200,), generator=g)]
+    data = Dataset.from_dict({"input_ids": rows, "labels": [[float(7 in r)] for r in rows]})
+    for kind in ("rad_v", "rad_q"):
+        model = build_reward_model(kind, "llama", VOCAB, labels=("y",))
+        config = args(
+            tmp_path, learning_rate=3e-3, num_train_epochs=8, per_device_train_batch_size=20, regularizer_weight=0.1
+        )
+        trainer = RewardRegressionTrainer(model, config, train_dataset=data, eval_dataset=data)
+        before = trainer.evaluate()["eval_mse"]
+        trainer.train()
+        after = trainer.evaluate()
+        assert after["eval_mse"] < 0.5 * before and after["eval_accuracy"] > 0.8, (kind, before, after)
+
+
+def test_rad_q_keeps_embeddings_frozen(tmp_path):
+    model = build_reward_model("rad_q", "gpt2", VOCAB)
+    E = model.token_embeddings.detach().clone()
+    RewardRegressionTrainer(
+        model, args(tmp_path, max_steps=2, learning_rate=1e-2), train_dataset=make_data(16)
+    ).train()
+    torch.testing.assert_close(model.token_embeddings, E, rtol=0, atol=0)
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_training_stop = state.global_step >= self.step
+
+
+def test_resume_continues_from_saved_step(tmp_path):
+    data = make_data(64, seed=5)
+    common = dict(max_steps=6, learning_rate=1e-3, regularizer_weight=1.0, save_strategy="steps", save_steps=3)
+    straight = build_reward_model("rad_q", "gpt2", VOCAB)
+    RewardRegressionTrainer(straight, args(tmp_path / "a", **common), train_dataset=data).train()
+
+    first = build_reward_model("rad_q", "gpt2", VOCAB)  # the same run, interrupted after its step-3 checkpoint
+    RewardRegressionTrainer(first, args(tmp_path / "b", **common), train_dataset=data, callbacks=[StopAt(3)]).train()
+    resumed = build_reward_model("rad_q", "gpt2", VOCAB)
+    trainer = RewardRegressionTrainer(resumed, args(tmp_path / "b", **common), train_dataset=data)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "b" / "out" / "checkpoint-3"))
+    assert trainer.state.global_step == 6
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["rad_v", "rad_q"])
+def test_lora_checkpoint_loads_with_automodel_and_resumes(kind, backbone, tmp_path):
+    model = build_reward_model(kind, backbone, VOCAB)
+    frozen = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+    data = make_data(32, seed=6)
+    config = args(tmp_path, max_steps=2, learning_rate=1e-2, save_strategy="steps", save_steps=2)
+    trainer = RewardRegressionTrainer(model, config, train_dataset=data, peft_config=lora_config(r=4, alpha=8))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n or n.split(".")[0].endswith("_head") for n in trainable)
+    trainer.train()
+    for n, p in model.backbone.named_parameters():  # the base weights never move
+        if ".lora_" not in n:
+            torch.testing.assert_close(p, frozen[n.replace(".base_layer", "")], rtol=0, atol=0)
+
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    loaded = AutoModel.from_pretrained(checkpoint).eval()
+    assert type(loaded) is type(model)
+    model.eval()
+    ids = torch.tensor([[0, 5, 6, 7, 8]])
+    torch.testing.assert_close(loaded(ids).rewards, model(ids).rewards, rtol=1e-5, atol=1e-6)
+    merged_changed = any(
+        not torch.equal(v, frozen[k[len("backbone.") :]])
+        for k, v in loaded.state_dict().items()
+        if k.startswith("backbone.") and k[len("backbone.") :] in frozen
+    )
+    assert merged_changed  # the LoRA update was merged in, not dropped
+
+    fresh = build_reward_model(kind, backbone, VOCAB)
+    resumed = RewardRegressionTrainer(
+        fresh,
+        args(tmp_path, max_steps=3, learning_rate=1e-2),
+        train_dataset=data,
+        peft_config=lora_config(r=4, alpha=8),
+    )
+    resumed._load_from_checkpoint(str(checkpoint))
+    saved = load_file(checkpoint / "trainable_state.safetensors")
+    for n, p in fresh.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.detach(), saved[n], rtol=0, atol=0)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 3
+
+
+def test_bad_datasets_raise_named_errors(tmp_path):
+    model = build_reward_model("rad_v", "gpt2", VOCAB)  # labels ("a", "b")
+    with pytest.raises(DataError, match="tokenize"):
+        RewardRegressionTrainer(
+            model, args(tmp_path), train_dataset=Dataset.from_dict({"text": ["hi"], "labels": [[0.1, 0.2]]})
+        )
+    with pytest.raises(DataError, match=r"1 label\(s\) but the reward model predicts 2"):
+        RewardRegressionTrainer(model, args(tmp_path), eval_dataset=make_data(4, num_labels=1))
+    with pytest.raises(ValueError, match="remove_unused_columns"):
+        args(tmp_path, remove_unused_columns=True)
+
+
+# ----------------------------------------------------------------------------------------------- distillation
+
+
+def test_teacher_candidate_values_match_brute_force(backbone):
+    teacher = build_reward_model("rad_v", backbone, VOCAB)
+    data = make_data(3, seed=7, max_len=6)
+    batch = RewardDataCollator(pad_token_id=2)([data[i] for i in range(3)])
+    B, T = batch["input_ids"].shape
+    candidates = torch.randint(3, VOCAB, (B, T + 1, 4))
+    fast = teacher_candidate_values(teacher, batch["input_ids"], batch["attention_mask"], candidates)
+    for b in range(B):
+        x = data[b]["input_ids"]
+        for p in range(len(x) + 1):
+            for j in range(4):
+                seq = torch.tensor([x[:p] + [int(candidates[b, p, j])]])
+                torch.testing.assert_close(fast[b, p, j], teacher(seq).rewards[0, -1], rtol=1e-4, atol=1e-5)
+
+
+class TinyLM(torch.nn.Module):
+    """A causal LM stand-in: the reward backbone plus an LM head (only `logits` and the output embeddings matter)."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.body = build_reward_model("rad_v", backbone, VOCAB, seed=9).backbone
+        self.head = torch.nn.Linear(32, VOCAB, bias=False)
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def forward(self, input_ids, attention_mask):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(
+            logits=self.head(self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state)
+        )
+
+
+@pytest.mark.parametrize("top_k", [0, 3])
+def test_distillation_loss_matches_slow_formula(top_k, tmp_path):
+    teacher = build_reward_model("rad_v", "llama", VOCAB, seed=1)
+    student = build_reward_model("rad_q", "llama", VOCAB, seed=2)
+    lm = TinyLM("llama").eval()
+    data = make_data(4, seed=8, max_len=6)
+    config = args(tmp_path, DistillationConfig, candidate_top_k=top_k, candidate_weight=0.5)
+    trainer = DistillationTrainer(student, teacher, config, base_model=lm if top_k else None, train_dataset=data)
+    batch = RewardDataCollator(pad_token_id=2)([data[i] for i in range(4)])
+    student.eval()
+    loss = trainer.compute_loss(student, batch)
+
+    observed, cand, n_obs, n_cand = 0.0, 0.0, 0, 0
+    for row in data:
+        x = row["input_ids"]
+        for t in range(1, len(x) + 1):  # student q(x<t, x_t) vs teacher r(x≤t)
+            q = student(torch.tensor([[BOS] + x[: t - 1]]), query_ids=torch.tensor([[[x[t - 1]]] * t])).rewards[
+                0, -1, :, 0
+            ]
+            observed += (q - teacher(torch.tensor([x[:t]])).rewards[0, -1]).pow(2).sum()
+            n_obs += q.numel()
+        for p in range(len(x) + 1) if top_k else []:  # LM top-k after BOS + x≤p
+            prefix = torch.tensor([[BOS] + x[:p]])
+            top = lm(prefix, torch.ones_like(prefix)).logits[0, -1].topk(top_k).indices
+            q = student(prefix, query_ids=top.view(1, 1, -1).expand(1, p + 1, -1)).rewards[0, -1]  # (L, k)
+            r = torch.stack([teacher(torch.tensor([x[:p] + [int(v)]])).rewards[0, -1] for v in top], -1)  # (L, k)
+            cand += (q - r).pow(2).sum()
+            n_cand += q.numel()
+    expected = observed / n_obs + (0.5 * cand / n_cand if top_k else 0.0)
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_distillation_fits_the_teacher(tmp_path):
+    teacher = build_reward_model("rad_v", "gpt2", VOCAB, seed=1)
+    student = build_reward_model("rad_q", "gpt2", VOCAB, seed=2)
+    data = make_data(64, seed=10)
+    config = args(tmp_path, DistillationConfig, learning_rate=3e-3, num_train_epochs=10)
+    trainer = DistillationTrainer(student, teacher, config, train_dataset=data, eval_dataset=data)
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    assert trainer.evaluate()["eval_loss"] < 0.2 * before
+
+
+def test_distillation_rejects_mismatched_models(tmp_path):
+    teacher = build_reward_model("rad_v", "gpt2", VOCAB)
+    with pytest.raises(ValueError, match="RAD-V `teacher_model` into a RAD-Q"):
+        DistillationTrainer(build_reward_model("rad_v", "gpt2", VOCAB), teacher, DistillationConfig(str(tmp_path)))
+    with pytest.raises(ValueError, match="Vocabulary sizes differ"):
+        DistillationTrainer(build_reward_model("rad_q", "gpt2", VOCAB + 1), teacher, DistillationConfig(str(tmp_path)))
+    with pytest.raises(ValueError, match="needs `base_model`"):
+        DistillationTrainer(
+            build_reward_model("rad_q", "gpt2", VOCAB), teacher, DistillationConfig(str(tmp_path), candidate_top_k=5)
+        )
