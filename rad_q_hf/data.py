@@ -82,10 +82,12 @@ def _read_tsv(path: Path, text_column: str, label_column: str) -> Iterable[tuple
 
 def _to_splits(rows: Iterable[tuple[str, list[float], str, str | None]], test_percent: float) -> DatasetDict:
     """(text, labels, source, split or None) rows → deduplicated DatasetDict; `None` splits go by `held_out`."""
+    rows = list(rows)
     seen: dict[str, tuple] = {}
-    for text, labels, source, split in rows:
+    # Rows of an official test split go first, so a text found in both is held out (and never trained on).
+    for text, labels, source, split in sorted(rows, key=lambda row: row[3] != "test"):
         text = " ".join(text.split())
-        if text and text not in seen:  # first occurrence wins: sources are listed in order of preference
+        if text and text not in seen:  # otherwise first occurrence wins: sources are listed in order of preference
             seen[text] = (labels, source, split or ("test" if held_out(text, test_percent) else "train"))
     splits = {"train": {"text": [], "labels": [], "source": []}, "test": {"text": [], "labels": [], "source": []}}
     for text, (labels, source, split) in seen.items():
@@ -318,11 +320,13 @@ def validate(ds: Dataset, num_labels: int | None = None) -> None:
 
 
 def tokenize(ds: Dataset, tokenizer, max_length: int = 128, num_labels: int | None = None) -> Dataset:
-    """Validate, then tokenize `text` into `input_ids` (no special tokens, truncated to `max_length`).
+    """Validate, then tokenize `text` into `input_ids` (no special tokens, truncated to `max_length`); keeps `labels`.
 
     RAD-Q's trainer puts BOS in front itself, so one tokenized dataset serves both methods.
     """
     validate(ds, num_labels)
+    if len(ds) == 0:
+        raise DataError("The dataset has no rows; check the data source, the split and `max_*_samples`.")
     return ds.map(
         lambda batch: {
             "input_ids": tokenizer(batch["text"], add_special_tokens=False, truncation=True, max_length=max_length)[
@@ -338,7 +342,8 @@ def tokenize(ds: Dataset, tokenizer, max_length: int = 128, num_labels: int | No
 class RewardDataCollator(DataCollatorMixin):
     """Right-pads `input_ids` and stacks `labels`.
 
-    Returns `input_ids` (B, T) long, `attention_mask` (B, T) long, `labels` (B, n_labels) float32. Training pads on
+    Returns `input_ids` (B, T) long, `attention_mask` (B, T) long and, when rows have them, `labels`
+    (B, n_labels) float32. Training pads on
     the right so that RAD-Q's BOS + teacher-forcing shift lines up with the mask.
     """
 
@@ -358,10 +363,12 @@ class RewardDataCollator(DataCollatorMixin):
         for i, f in enumerate(features):
             input_ids[i, : lengths[i]] = torch.as_tensor(f["input_ids"])
             attention_mask[i, : lengths[i]] = 1
-        labels = torch.tensor([f["labels"] for f in features], dtype=torch.float32)  # (B, L)
-        if labels.dim() != 2:
-            raise DataError("`labels` must be a list of floats per row, e.g. [0.7] — not a bare number.")
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "labels" in features[0]:  # distillation data has none: the teacher gives the targets
+            batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.float32)  # (B, L)
+            if batch["labels"].dim() != 2:
+                raise DataError("`labels` must be a list of floats per row, e.g. [0.7] — not a bare number.")
+        return batch
 
 
 __all__ = [

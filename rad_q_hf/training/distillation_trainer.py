@@ -54,7 +54,8 @@ def teacher_candidate_values(
 
 class DistillationTrainer(RewardRegressionTrainer):
     r"""
-    Distils a frozen RAD-V `teacher_model` into a RAD-Q student (`model`), on tokenized text (labels are not used).
+    Distils a frozen RAD-V `teacher_model` into a RAD-Q student (`model`) on tokenized text (`input_ids`; any
+    `labels` are ignored).
 
     Loss: `mean (q_t − r^T_t)²` over real positions and labels, `+ candidate_weight · mean (q(x<t, v) − r^T(x<t ⊕ v))²`
     over the base LM's top-`candidate_top_k` tokens `v` (needs `base_model`, a causal LM with the same vocabulary),
@@ -70,7 +71,7 @@ class DistillationTrainer(RewardRegressionTrainer):
     >>> backbone = GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, bos_token_id=0)
     >>> teacher = RadVForRewardModeling(RadVConfig(backbone_config=backbone))
     >>> student = RadQForRewardModeling(RadQConfig(backbone_config=backbone))
-    >>> data = Dataset.from_dict({"input_ids": [[5, 6, 7], [8, 9]] * 4, "labels": [[1.0], [0.0]] * 4})
+    >>> data = Dataset.from_dict({"input_ids": [[5, 6, 7], [8, 9]] * 4})  # the teacher gives the targets
     >>> args = DistillationConfig("/tmp/distil-doc", max_steps=1, per_device_train_batch_size=4, report_to="none")
     >>> DistillationTrainer(student, teacher, args, train_dataset=data).train().global_step  # doctest: +ELLIPSIS
     {...}

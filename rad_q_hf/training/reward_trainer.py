@@ -19,13 +19,18 @@ from .adapters import TRAINABLE_STATE_NAME, apply_lora, has_lora, merged_state_d
 from .reward_config import RewardTrainingConfig
 
 
+def config_of(model: nn.Module):
+    """The reward model's config, also through a DDP / accelerate wrapper."""
+    return getattr(model, "module", model).config
+
+
 def is_rad_q(model: nn.Module) -> bool:
-    return getattr(model.config, "model_type", None) == "rad_q"
+    return getattr(config_of(model), "model_type", None) == "rad_q"
 
 
 def with_bos(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
     """`BOS + x` and its mask, (B, T + 1): position p of the result holds the prefix x≤p and queries x_{p+1}."""
-    bos = model.config.bos_token_id
+    bos = config_of(model).bos_token_id
     if bos is None:
         raise ValueError(
             "RAD-Q training puts BOS before each text, but the reward model's config has no bos_token_id."
@@ -166,7 +171,7 @@ class RewardRegressionTrainer(Trainer):
         extra = None
         if c > 0 and model.training:
             B, T = input_ids.shape
-            extra = torch.randint(unwrapped.config.vocab_size, (B, T + 1, 1), device=input_ids.device)
+            extra = torch.randint(config_of(unwrapped).vocab_size, (B, T + 1, 1), device=input_ids.device)
         rewards, out = prefix_rewards(model, input_ids, mask, extra)  # (B, T, L)
         losses = {"regression": cumulative_mse_loss(rewards, labels, mask), "rewards": rewards}
         losses["loss"] = losses["regression"]
@@ -186,7 +191,7 @@ class RewardRegressionTrainer(Trainer):
         loss = losses["regression"].detach()
         if prediction_loss_only:
             return loss, None, None
-        return loss, last_token(losses["rewards"], inputs["attention_mask"]).detach(), inputs["labels"]
+        return loss, last_token(losses["rewards"], inputs["attention_mask"]).detach(), inputs.get("labels")
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not has_lora(self.model):

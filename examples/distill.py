@@ -1,0 +1,31 @@
+"""Distil a trained RAD-V reward model (the teacher) into a RAD-Q student.
+
+    accelerate launch --num_processes 2 examples/distill.py --teacher outputs/rad-v-toxicity --task toxicity \
+        --data_dir ../shared/data --num_layers 6 --max_length 64 --candidate_top_k 20 \
+        --per_device_train_batch_size 16 --output_dir outputs/rad-q-distilled
+
+The student regresses the teacher's value of every prefix of the training texts through the reward of the observed
+next token; `--candidate_top_k K` also matches the teacher on the base LM's (`--base_model`, default: the backbone)
+top-K next tokens at every position, the candidates RAD decoding scores.
+"""
+
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser
+
+import rad_q_hf  # noqa: F401  (registers the Auto classes)
+from rad_q_hf.training import DistillationConfig
+from rad_q_hf.training.scripts import DataArguments, ModelArguments, distill
+
+
+@dataclass
+class DistillArguments:
+    teacher: str = field(metadata={"help": "The RAD-V checkpoint to distil."})
+    task: str = field(default="toxicity", metadata={"help": "Texts to distil on: `toxicity` or `sentiment`."})
+    base_model: str | None = field(default=None, metadata={"help": "Causal LM for `--candidate_top_k`."})
+
+
+if __name__ == "__main__":
+    parser = HfArgumentParser((DistillArguments, ModelArguments, DataArguments, DistillationConfig))
+    extra, model_args, data_args, training_args = parser.parse_args_into_dataclasses()
+    distill(model_args, data_args, training_args, extra.teacher, extra.task, extra.base_model)

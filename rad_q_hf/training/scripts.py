@@ -1,0 +1,261 @@
+"""The training entry points behind `examples/train_*.py`, `examples/distill.py` (and the `rad-q train` command).
+
+Each run: build the reward model (from a backbone, optionally truncated / with LoRA, or from an earlier checkpoint),
+load and tokenize the data, train with resume from the output folder's last checkpoint, save a checkpoint that loads
+with `AutoModel.from_pretrained`, and report the held-out loss, MSE and accuracy.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from datasets import DatasetDict
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers.trainer_utils import get_last_checkpoint
+
+from .. import data as rdata
+from ..embedded import EMBEDDED_MODELS, resolve
+from ..modeling_rad_q import RadQForRewardModeling
+from ..modeling_rad_v import RadVForRewardModeling
+from .adapters import lora_config
+from .distillation_trainer import DistillationTrainer
+from .reward_config import DistillationConfig, RewardTrainingConfig
+from .reward_trainer import RewardRegressionTrainer
+
+METHODS = {"rad-q": RadQForRewardModeling, "rad-v": RadVForRewardModeling}
+
+
+@dataclass
+class ModelArguments:
+    method: str = field(default="rad-q", metadata={"help": "Reward model: `rad-q` (low-rank head) or `rad-v`."})
+    backbone: str = field(
+        default="smollm2-135m",
+        metadata={"help": f"Backbone causal LM: an embedded model {list(EMBEDDED_MODELS)}, a local folder or Hub id."},
+    )
+    num_layers: int | None = field(default=None, metadata={"help": "Keep only the backbone's first N layers."})
+    freeze_embeddings: bool = field(default=True, metadata={"help": "RAD-Q: keep the token embeddings E frozen."})
+    use_baseline: bool = field(default=True, metadata={"help": "RAD-Q: include the baseline term bᵀh_t."})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank on the backbone (0: full fine-tuning)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str | None = field(
+        default=None, metadata={"help": "Comma-separated module names for LoRA (default: peft's per-architecture)."}
+    )
+    init_from: str | None = field(
+        default=None, metadata={"help": "Start from this reward-model checkpoint instead of a fresh head."}
+    )
+
+
+@dataclass
+class DataArguments:
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": f"Offline data folder (like the project's shared/data); else ${rdata.DATA_ENV}."},
+    )
+    source: str | None = field(
+        default=None,
+        metadata={
+            "help": "Toxicity: offline | jigsaw | civil_comments. Sentiment: comma-separated stages trained in order, "
+            f"from {rdata.SENTIMENT_SOURCES} (default `amazon,sst2`, as in the paper)."
+        },
+    )
+    jigsaw_dir: str | None = field(default=None, metadata={"help": "Folder of the Kaggle Jigsaw UB CSVs."})
+    train_file: str | None = field(default=None, metadata={"help": "Your own .jsonl/.csv/.tsv/.parquet to train on."})
+    eval_file: str | None = field(default=None, metadata={"help": "Held-out file for `--train_file`."})
+    text_column: str = field(default="text", metadata={"help": "Text column of `--train_file`."})
+    label_columns: str = field(default="label", metadata={"help": "Comma-separated label columns of `--train_file`."})
+    max_length: int = field(default=128, metadata={"help": "Truncate texts to this many tokens."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on a seeded sample of N texts."})
+    max_eval_samples: int | None = field(default=1000, metadata={"help": "Evaluate on N held-out texts (RAD: 1000)."})
+
+
+def backbone_path(name: str) -> str:
+    return str(resolve(name)) if name in EMBEDDED_MODELS else name
+
+
+def build_reward_model(args: ModelArguments, label_names: list[str]):
+    """A fresh reward model on the backbone, or the `init_from` checkpoint; returns (model, tokenizer)."""
+    if args.method not in METHODS:
+        raise ValueError(f"Unknown method {args.method!r}; choose one of {list(METHODS)}.")
+    if args.init_from:
+        model = AutoModel.from_pretrained(args.init_from)
+        if not isinstance(model, METHODS[args.method]):
+            raise ValueError(
+                f"--init_from {args.init_from} holds a {type(model).__name__}, not a {args.method} model."
+            )
+        if model.config.label_names != list(label_names):
+            raise ValueError(f"--init_from has labels {model.config.label_names}, the data has {list(label_names)}.")
+        tokenizer_source = args.init_from
+    else:
+        path = backbone_path(args.backbone)
+        extra = {}
+        if args.method == "rad-q":
+            extra = {"freeze_embeddings": args.freeze_embeddings, "use_baseline": args.use_baseline}
+        model = METHODS[args.method].from_backbone(path, labels=label_names, num_layers=args.num_layers, **extra)
+        tokenizer_source = path
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"The tokenizer has {tokenizer.vocab_size} tokens, the model only {model.config.vocab_size}.")
+    return model, tokenizer
+
+
+def peft_config(args: ModelArguments):
+    if args.lora_r <= 0:
+        return None
+    return lora_config(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
+
+
+def prepare(ds: DatasetDict, tokenizer, data_args: DataArguments, num_labels: int | None, seed: int):
+    """Tokenize the train / test splits, sampling `max_*_samples` with a fixed seed."""
+    out = {}
+    for split, limit in (("train", data_args.max_train_samples), ("test", data_args.max_eval_samples)):
+        if split not in ds:
+            continue
+        part = ds[split]
+        if limit is not None and limit < len(part):
+            part = part.shuffle(seed=seed).select(range(limit))
+        out[split] = rdata.tokenize(part, tokenizer, data_args.max_length, num_labels)
+    return out
+
+
+def own_files(data_args: DataArguments) -> tuple[DatasetDict, list[str]]:
+    columns = [c.strip() for c in data_args.label_columns.split(",") if c.strip()]
+    splits = {"train": rdata.load_labelled_file(data_args.train_file, data_args.text_column, columns)}
+    if data_args.eval_file:
+        splits["test"] = rdata.load_labelled_file(data_args.eval_file, data_args.text_column, columns)
+    return DatasetDict(splits), columns
+
+
+def run_regression(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: RewardTrainingConfig,
+    dataset: DatasetDict,
+    label_names: list[str],
+    model=None,
+    tokenizer=None,
+) -> dict[str, float]:
+    """Train (resuming from the last checkpoint in `output_dir`), save the final model, return held-out metrics."""
+    if model is None:
+        model, tokenizer = build_reward_model(model_args, label_names)
+    splits = prepare(dataset, tokenizer, data_args, len(label_names), training_args.seed)
+    trainer = RewardRegressionTrainer(
+        model,
+        training_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits.get("test"),
+        processing_class=tokenizer,
+        peft_config=peft_config(model_args),
+    )
+    return _train_and_save(trainer, training_args)
+
+
+def _train_and_save(trainer, training_args) -> dict[str, float]:
+    last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+    resume = training_args.resume_from_checkpoint or last
+    if resume:
+        trainer.accelerator.print(f"Resuming from {resume}")
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(training_args.output_dir)
+    metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    trainer.save_metrics("eval", metrics)
+    trainer.accelerator.print(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def train_toxicity(model_args: ModelArguments, data_args: DataArguments, training_args: RewardTrainingConfig):
+    """RAD-V or RAD-Q toxicity reward model (labels: `toxicity`, or the 7 Jigsaw attributes)."""
+    if data_args.train_file:
+        dataset, labels = own_files(data_args)
+    else:
+        source = data_args.source or "offline"
+        dataset = rdata.load_toxicity(source, data_args.data_dir, jigsaw_dir=data_args.jigsaw_dir)
+        labels = rdata.toxicity_label_names(source)
+    return run_regression(model_args, data_args, training_args, dataset, labels)
+
+
+def train_sentiment(model_args: ModelArguments, data_args: DataArguments, training_args: RewardTrainingConfig):
+    """Sentiment reward model (label `positive`), trained on each source in turn (the paper: Amazon, then SST-2).
+
+    Stage i writes to `<output_dir>/stage-i-<source>` and starts from stage i−1's model; a finished stage is skipped
+    on re-runs, an interrupted one resumes from its last checkpoint. The last stage's model is copied to `output_dir`.
+    """
+    if data_args.train_file:
+        dataset, labels = own_files(data_args)
+        return run_regression(model_args, data_args, training_args, dataset, labels)
+    sources = [s.strip() for s in (data_args.source or "amazon,sst2").split(",") if s.strip()]
+    root = Path(training_args.output_dir)
+    previous, metrics = None, {}
+    for i, source in enumerate(sources, 1):
+        dataset = rdata.load_sentiment(source, data_args.data_dir)  # fails early on unknown sources
+        stage_dir = root / f"stage-{i}-{source.replace(':', '_')}"
+        if (stage_dir / "eval_results.json").exists():
+            metrics = json.loads((stage_dir / "eval_results.json").read_text())
+        else:
+            stage_model_args = model_args if previous is None else replace(model_args, init_from=str(previous))
+            stage_args = replace(training_args, output_dir=str(stage_dir))
+            metrics = run_regression(stage_model_args, data_args, stage_args, dataset, ["positive"])
+        previous = stage_dir
+    model = AutoModel.from_pretrained(previous)
+    model.save_pretrained(root)
+    AutoTokenizer.from_pretrained(previous).save_pretrained(root)
+    (root / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def distill(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: DistillationConfig,
+    teacher: str,
+    task: str = "toxicity",
+    base_model: str | None = None,
+):
+    """Distil the RAD-V checkpoint `teacher` into a RAD-Q student on the task's texts."""
+    teacher_model = AutoModel.from_pretrained(teacher)
+    if getattr(teacher_model.config, "model_type", None) != "rad_v":
+        raise ValueError(f"--teacher {teacher} is a {teacher_model.config.model_type} model, not a RAD-V one.")
+    labels = teacher_model.config.label_names
+    if data_args.train_file:
+        dataset, _ = own_files(data_args)
+    elif task == "toxicity":
+        dataset = rdata.load_toxicity(
+            data_args.source or "offline", data_args.data_dir, jigsaw_dir=data_args.jigsaw_dir
+        )
+    elif task == "sentiment":
+        dataset = rdata.load_sentiment(data_args.source or "sst2", data_args.data_dir)
+    else:
+        raise ValueError(f"Unknown task {task!r}; choose `toxicity` or `sentiment`.")
+    model_args = replace(model_args, method="rad-q")
+    student, tokenizer = build_reward_model(model_args, labels)
+    lm = None
+    if training_args.candidate_top_k:
+        lm = AutoModelForCausalLM.from_pretrained(backbone_path(base_model or model_args.backbone))
+    if AutoConfig.from_pretrained(teacher).vocab_size != student.config.vocab_size:
+        raise ValueError("The teacher's and the student's vocabularies differ; use the same backbone tokenizer.")
+    # The teacher gives the targets: the data's own labels are checked, then dropped.
+    splits = prepare(dataset, tokenizer, data_args, None, training_args.seed)
+    splits = {name: part.remove_columns("labels") for name, part in splits.items()}
+    trainer = DistillationTrainer(
+        student,
+        teacher_model,
+        training_args,
+        base_model=lm,
+        train_dataset=splits["train"],
+        eval_dataset=splits.get("test"),
+        processing_class=tokenizer,
+        peft_config=peft_config(model_args),
+    )
+    return _train_and_save(trainer, training_args)
+
+
+__all__ = [
+    "DataArguments",
+    "ModelArguments",
+    "build_reward_model",
+    "distill",
+    "run_regression",
+    "train_sentiment",
+    "train_toxicity",
+]
