@@ -176,7 +176,8 @@ def _jigsaw_csv(jigsaw_dir) -> DatasetDict:
     files = {"train": str(train)}
     if (folder / "test_public_expanded.csv").exists():
         files["test"] = str(folder / "test_public_expanded.csv")
-    raw = load_dataset("csv", data_files=files)
+    # One builder per file: train.csv calls the score `target`, the test CSVs `toxicity` (different schemas).
+    raw = {split: load_dataset("csv", data_files=path, split="train") for split, path in files.items()}
     out = {}
     for split, ds in raw.items():
         score = "target" if "target" in ds.column_names else "toxicity"  # train.csv calls toxicity "target"
