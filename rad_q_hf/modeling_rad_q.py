@@ -67,9 +67,12 @@ class RadQForRewardModeling(RadPreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        std = self.config.backbone_config.initializer_range
-        if module is getattr(self, "reward_head", None) or module is getattr(self, "baseline_head", None):
-            init.normal_(module.weight, mean=0.0, std=std)
+        # W starts at 0, so a fresh RAD-Q model scores like a value model (its baseline bᵀh_t) and the token-specific
+        # part grows from there: a random W would start at reward scale ~σ·|e|·|h| (≈ 2.5 on SmolLM2), far from [0, 1].
+        if module is getattr(self, "reward_head", None):
+            init.zeros_(module.weight)
+        if module is getattr(self, "baseline_head", None):
+            init.normal_(module.weight, mean=0.0, std=self.config.backbone_config.initializer_range)
 
     def _init_from_lm(self, lm: PreTrainedModel) -> None:
         if self.output_embeddings is not None:

@@ -76,7 +76,10 @@ def build_reward_model(kind: str, backbone: str, vocab_size: int, labels=("a", "
     config_cls, model_cls, extra = KINDS[kind]
     torch.manual_seed(seed)
     config = config_cls(backbone_config=BACKBONES[backbone](vocab_size), label_names=list(labels), **extra)
-    return model_cls(config).eval()
+    model = model_cls(config).eval()
+    if hasattr(model, "reward_head"):  # RAD-Q's W starts at 0; tests want token-dependent rewards
+        torch.nn.init.normal_(model.reward_head.weight, std=0.02)
+    return model
 
 
 @pytest.fixture(params=list(BACKBONES))

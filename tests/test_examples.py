@@ -117,8 +117,10 @@ def test_sentiment_runs_stages_in_order(tiny_backbone, tmp_path):
             "--use_cpu", "--dataloader_pin_memory", "false"]  # fmt: skip
     run([sys.executable, str(ROOT / "examples" / "train_sentiment.py"), *args], tmp_path)
     assert (out / "stage-1-amazon" / "eval_results.json").exists()
-    # Stage 2 starts from stage 1's head: 2 Adam steps at lr 2e-5 move it by ~4e-5, a fresh init by ~0.02.
-    stage1, stage2 = (AutoModel.from_pretrained(out / s).reward_head.weight for s in ("stage-1-amazon", "stage-2-sst2"))
+    # Stage 2 starts from stage 1's heads: 2 Adam steps at lr 2e-5 move them by ~4e-5, a fresh init by ~0.02.
+    stage1, stage2 = (
+        AutoModel.from_pretrained(out / s).baseline_head.weight for s in ("stage-1-amazon", "stage-2-sst2")
+    )
     assert 0 < (stage2 - stage1).abs().max() < 1e-3
     final = AutoModel.from_pretrained(out)
     assert final.config.label_names == ["positive"]

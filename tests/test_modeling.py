@@ -243,3 +243,12 @@ def test_bad_inputs_raise_named_errors():
         RadVConfig(backbone_config=gpt2_config(V), label_names=["x", "x"])
     with pytest.raises(ValueError, match="backbone_config"):
         RadVForRewardModeling(RadVConfig())
+
+
+def test_fresh_rad_q_scores_like_its_baseline():
+    """W starts at 0: before training every next token gets the prefix's baseline bᵀh_t, a value-model start."""
+    model = RadQForRewardModeling(RadQConfig(backbone_config=gpt2_config(V))).eval()
+    ids, mask = random_batch([5, 3])
+    out = model(ids, attention_mask=mask)
+    torch.testing.assert_close(out.rewards, out.baselines[..., None].expand_as(out.rewards))
+    assert out.baselines.abs().max() > 0

@@ -351,11 +351,12 @@ def test_distillation_fits_the_teacher(tmp_path):
     teacher = build_reward_model("rad_v", "gpt2", VOCAB, seed=1)
     student = build_reward_model("rad_q", "gpt2", VOCAB, seed=2)
     data = make_data(64, seed=10)
-    config = args(tmp_path, DistillationConfig, learning_rate=3e-3, num_train_epochs=10)
+    config = args(tmp_path, DistillationConfig, learning_rate=3e-3, num_train_epochs=20)
     trainer = DistillationTrainer(student, teacher, config, train_dataset=data, eval_dataset=data)
     before = trainer.evaluate()["eval_loss"]
     trainer.train()
-    assert trainer.evaluate()["eval_loss"] < 0.2 * before
+    after = trainer.evaluate()["eval_loss"]
+    assert after < 0.2 * before, (before, after)
 
 
 def test_distillation_rejects_mismatched_models(tmp_path):
