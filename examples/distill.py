@@ -1,6 +1,6 @@
 """Distil a trained RAD-V reward model (the teacher) into a RAD-Q student.
 
-    accelerate launch --num_processes 2 examples/distill.py --teacher outputs/rad-v-toxicity --task toxicity \
+    accelerate launch --multi_gpu --num_processes 2 examples/distill.py --teacher outputs/rad-v-toxicity --task toxicity \
         --data_dir ../shared/data --num_layers 6 --max_length 64 --candidate_top_k 20 \
         --per_device_train_batch_size 16 --output_dir outputs/rad-q-distilled
 

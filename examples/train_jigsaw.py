@@ -1,6 +1,6 @@
 """Train a RAD-V or RAD-Q toxicity reward model.
 
-    accelerate launch --num_processes 2 examples/train_jigsaw.py --method rad-q --data_dir ../shared/data \
+    accelerate launch --multi_gpu --num_processes 2 examples/train_jigsaw.py --method rad-q --data_dir ../shared/data \
         --num_layers 6 --max_length 64 --per_device_train_batch_size 50 --eval_strategy steps --eval_steps 200 \
         --save_steps 200 --output_dir outputs/rad-q-toxicity
 

@@ -1,6 +1,6 @@
 """Train a sentiment reward model (label `positive`) as in the RAD-Q paper: Amazon reviews first, then SST-2.
 
-    accelerate launch --num_processes 2 examples/train_sentiment.py --method rad-q --data_dir ../shared/data \
+    accelerate launch --multi_gpu --num_processes 2 examples/train_sentiment.py --method rad-q --data_dir ../shared/data \
         --source amazon,sst2 --learning_rate 1e-5 --num_layers 6 --max_length 64 \
         --per_device_train_batch_size 50 --output_dir outputs/rad-q-sentiment
 
