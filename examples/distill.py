@@ -9,21 +9,11 @@ next token; `--candidate_top_k K` also matches the teacher on the base LM's (`--
 top-K next tokens at every position, the candidates RAD decoding scores.
 """
 
-from dataclasses import dataclass, field
-
 from transformers import HfArgumentParser
 
 import rad_q_hf  # noqa: F401  (registers the Auto classes)
 from rad_q_hf.training import DistillationConfig
-from rad_q_hf.training.scripts import DataArguments, ModelArguments, distill
-
-
-@dataclass
-class DistillArguments:
-    teacher: str = field(metadata={"help": "The RAD-V checkpoint to distil."})
-    task: str = field(default="toxicity", metadata={"help": "Texts to distil on: `toxicity` or `sentiment`."})
-    base_model: str | None = field(default=None, metadata={"help": "Causal LM for `--candidate_top_k`."})
-
+from rad_q_hf.training.scripts import DataArguments, DistillArguments, ModelArguments, distill
 
 if __name__ == "__main__":
     parser = HfArgumentParser((DistillArguments, ModelArguments, DataArguments, DistillationConfig))

@@ -5,6 +5,7 @@ Importing the package registers `rad_v` and `rad_q` with `AutoConfig` and `AutoM
 
 from transformers import AutoConfig, AutoModel
 
+from .checkpoints import default_checkpoint, shipped_models
 from .configuration_rad_q import RadQConfig
 from .configuration_rad_v import RadVConfig
 from .decoding import RADQ, RADV, RewardAugmentedLogitsProcessor, RewardTerm
@@ -32,4 +33,6 @@ __all__ = [
     "RadVForRewardModeling",
     "RewardModelOutput",
     "cumulative_mse_loss",
+    "default_checkpoint",
+    "shipped_models",
 ]

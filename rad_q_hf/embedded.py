@@ -102,15 +102,24 @@ def resolve(name: str, cache_dir: str | os.PathLike | None = None) -> str:
     src_dir = package_dir(name)
     root = Path(cache_dir) if cache_dir is not None else _cache_root()
     # The package version is part of the folder name, so an upgraded package is converted again.
-    target = root / f"{spec.name}-{importlib.metadata.version(spec.distribution)}"
+    folder = f"{spec.name}-{importlib.metadata.version(spec.distribution)}"
+    return cached_folder(root / folder, lambda tmp: _convert_gguf(spec.locate_gguf(src_dir), tmp))
+
+
+def cached_folder(target: Path, build: Callable[[Path], None]) -> str:
+    """`target` if a complete build is there; else run `build(tmp)` in a temporary sibling and rename it into place.
+
+    A completion marker is written last, so an interrupted build is never used, and a concurrent one is harmless.
+    """
+    target = Path(target)
     if (target / _DONE_MARKER).is_file():
         return str(target)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.partial-", dir=root))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
-        _convert_gguf(spec.locate_gguf(src_dir), tmp)
-        (tmp / _DONE_MARKER).write_text(f"converted from {spec.module}\n")
-        if target.exists():  # an earlier, unfinished conversion: never trust it
+        build(tmp)
+        (tmp / _DONE_MARKER).write_text("complete\n")
+        if target.exists():  # an earlier, unfinished build: never trust it
             if (target / _DONE_MARKER).is_file():  # another process won the race
                 return str(target)
             shutil.rmtree(target)
@@ -139,4 +148,4 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-__all__ = ["EMBEDDED_MODELS", "CACHE_ENV", "is_embedded", "package_dir", "resolve"]
+__all__ = ["EMBEDDED_MODELS", "CACHE_ENV", "cached_folder", "is_embedded", "package_dir", "resolve"]

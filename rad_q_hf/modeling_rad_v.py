@@ -131,10 +131,17 @@ class RadPreTrainedModel(PreTrainedModel):
         config = cls.config_class(
             backbone_config=backbone_config, label_names=labels, num_layers=num_layers, **config_kwargs
         )
+        return cls.from_config_and_backbone(config, name_or_path, dtype=dtype, **load_kwargs)
+
+    @classmethod
+    def from_config_and_backbone(
+        cls, config: RadVConfig, name_or_path: str, *, dtype: torch.dtype | str | None = None, **load_kwargs
+    ) -> "RadPreTrainedModel":
+        """A reward model with this `config` whose backbone weights come from the causal LM at `name_or_path`."""
         # Loading the causal LM (not the base model) also gives the LM head, which RAD-Q needs when it is untied.
         # Truncation leaves the dropped layers' weights unused; that load report is expected, so keep it quiet.
         verbosity = logging.get_verbosity()
-        if num_layers is not None:
+        if config.num_layers is not None:
             logging.set_verbosity_error()
         try:
             lm = AutoModelForCausalLM.from_pretrained(

@@ -14,6 +14,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 TRAINABLE_STATE_NAME = "trainable_state.safetensors"
+LORA_CONFIG_NAME = "lora_config.json"
 HEADS = ("value_head", "reward_head", "baseline_head")
 
 
@@ -58,6 +59,12 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, delta in deltas.items():
         state[f"{name}.weight"] = state[f"{name}.weight"] + delta.to(state[f"{name}.weight"].dtype)
     return state
+
+
+def lora_config_of(model: nn.Module) -> LoraConfig | None:
+    """The LoRA config injected into the model's backbone, if any."""
+    configs = getattr(model.backbone, "peft_config", None) or {}
+    return next(iter(configs.values()), None)
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ token `x_t` after `BOS + x<t` (teacher forcing), so one forward scores all prefi
 no `(B, T, |V|)` tensor is ever built. Both use the cumulative length-weighted MSE of METHOD.md §2.
 """
 
+import json
 import os
 
 import numpy as np
@@ -15,7 +16,15 @@ from transformers import EvalPrediction, Trainer
 
 from ..data import DataError, RewardDataCollator
 from ..modeling_rad_v import cumulative_mse_loss
-from .adapters import TRAINABLE_STATE_NAME, apply_lora, has_lora, merged_state_dict, trainable_state_dict
+from .adapters import (
+    LORA_CONFIG_NAME,
+    TRAINABLE_STATE_NAME,
+    apply_lora,
+    has_lora,
+    lora_config_of,
+    merged_state_dict,
+    trainable_state_dict,
+)
 from .reward_config import RewardTrainingConfig
 
 
@@ -201,6 +210,10 @@ class RewardRegressionTrainer(Trainer):
         super()._save(output_dir, state_dict=merged_state_dict(self.model))
         if self.args.should_save:
             save_file(trainable_state_dict(self.model), os.path.join(output_dir, TRAINABLE_STATE_NAME))
+            config = lora_config_of(self.model).to_dict()
+            config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+            with open(os.path.join(output_dir, LORA_CONFIG_NAME), "w") as f:
+                json.dump(config, f, indent=2, default=str)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         model = model if model is not None else self.model

@@ -70,6 +70,13 @@ class DataArguments:
     max_eval_samples: int | None = field(default=1000, metadata={"help": "Evaluate on N held-out texts (RAD: 1000)."})
 
 
+@dataclass
+class DistillArguments:
+    teacher: str = field(metadata={"help": "The RAD-V checkpoint to distil."})
+    task: str = field(default="toxicity", metadata={"help": "Texts to distil on: `toxicity` or `sentiment`."})
+    base_model: str | None = field(default=None, metadata={"help": "Causal LM for `--candidate_top_k`."})
+
+
 def backbone_path(name: str) -> str:
     return str(resolve(name)) if name in EMBEDDED_MODELS else name
 
@@ -252,6 +259,7 @@ def distill(
 
 __all__ = [
     "DataArguments",
+    "DistillArguments",
     "ModelArguments",
     "build_reward_model",
     "distill",

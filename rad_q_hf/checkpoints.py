@@ -1,0 +1,101 @@
+"""Reward models shipped inside the package, as small deltas on the embedded SmolLM2.
+
+A shipped model is a folder under `rad_q_hf/shipped/<name>/` holding only what training changed: the reward model's
+`config.json`, the LoRA adapters and reward heads in fp16 (`delta.safetensors`), the LoRA settings and the base model
+(`delta.json`), and a model card. `default_checkpoint(name)` assembles it once into an ordinary checkpoint folder in
+the cache (frozen backbone from the embedded base model + merged LoRA + heads, with the tokenizer), so the standard
+API loads it offline:
+
+    >>> from transformers import AutoModel
+    >>> import rad_q_hf
+    >>> model = AutoModel.from_pretrained(rad_q_hf.default_checkpoint("rad-q-toxicity"))  # doctest: +SKIP
+
+A model trained at full size (no LoRA) is saved and loaded as an ordinary full checkpoint instead.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .embedded import _cache_root, cached_folder, is_embedded, resolve
+
+SHIPPED_DIR = Path(__file__).parent / "shipped"
+DELTA_WEIGHTS = "delta.safetensors"
+DELTA_META = "delta.json"
+# Which of the LoRA config's fields a delta keeps: enough to rebuild the same adapters.
+_LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "fan_in_fan_out", "use_rslora")
+
+
+def shipped_models() -> list[str]:
+    """Names of the reward models shipped in this installation."""
+    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / DELTA_META).is_file()) if SHIPPED_DIR.is_dir() else []
+
+
+def export_delta(trained_dir: str | os.PathLike, out_dir: str | os.PathLike, base: str = "smollm2-135m") -> Path:
+    """Write the delta of a LoRA-trained checkpoint (`trainable_state.safetensors` + `lora_config.json`, as the
+    reward trainers save them) to `out_dir`, in fp16. `base` names the backbone the delta applies to."""
+    from .training.adapters import LORA_CONFIG_NAME, TRAINABLE_STATE_NAME
+
+    trained_dir, out_dir = Path(trained_dir), Path(out_dir)
+    for name in ("config.json", TRAINABLE_STATE_NAME, LORA_CONFIG_NAME):
+        if not (trained_dir / name).is_file():
+            raise FileNotFoundError(
+                f"{trained_dir / name} is missing: export a checkpoint saved by a LoRA run of the reward trainers "
+                "(a full fine-tune is shipped as an ordinary checkpoint instead)."
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = load_file(trained_dir / TRAINABLE_STATE_NAME)
+    save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, out_dir / DELTA_WEIGHTS)
+    lora = json.loads((trained_dir / LORA_CONFIG_NAME).read_text())
+    meta = {"base": base, "lora": {k: lora[k] for k in _LORA_KEYS if k in lora}, "dtype": "float16"}
+    (out_dir / DELTA_META).write_text(json.dumps(meta, indent=2) + "\n")
+    shutil.copy(trained_dir / "config.json", out_dir / "config.json")
+    return out_dir
+
+
+def default_checkpoint(name: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """Path of an ordinary checkpoint folder for the shipped reward model `name` (or any delta folder), assembled on
+    first use in `$RAD_Q_HF_CACHE` (default `~/.cache/rad_q_hf`)."""
+    src = SHIPPED_DIR / name if (SHIPPED_DIR / name / DELTA_META).is_file() else Path(name)
+    if not (src / DELTA_META).is_file():
+        raise FileNotFoundError(
+            f"No shipped reward model {name!r} (and no delta folder at that path); shipped: {shipped_models()}."
+        )
+    digest = hashlib.sha256((src / DELTA_WEIGHTS).read_bytes()).hexdigest()[:12]
+    root = Path(cache_dir) if cache_dir is not None else _cache_root()
+    return cached_folder(root / "reward_models" / f"{src.name}-{digest}", lambda tmp: _assemble(src, tmp))
+
+
+def _assemble(src: Path, out_dir: Path) -> None:
+    from peft import LoraConfig
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from .training.adapters import apply_lora, merged_state_dict
+
+    meta = json.loads((src / DELTA_META).read_text())
+    base = resolve(meta["base"]) if is_embedded(meta["base"]) else meta["base"]
+    config = AutoConfig.from_pretrained(src)
+    model_cls = AutoModel._model_mapping[type(config)]  # the reward-model class registered for this config
+    model = model_cls.from_config_and_backbone(config, base)
+    apply_lora(model, LoraConfig(**meta["lora"]))
+    delta = load_file(src / DELTA_WEIGHTS)
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(delta) != expected:
+        raise ValueError(
+            f"{src / DELTA_WEIGHTS} does not fit its config: missing {sorted(expected - set(delta))[:3]}, "
+            f"unexpected {sorted(set(delta) - expected)[:3]}. The delta folder is corrupt or from another version."
+        )
+    model.load_state_dict({k: v.float() for k, v in delta.items()}, strict=False)
+    model.save_pretrained(out_dir, state_dict=merged_state_dict(model))
+    AutoTokenizer.from_pretrained(base).save_pretrained(out_dir)
+    for extra in ("README.md", "eval_results.json"):
+        if (src / extra).is_file():
+            shutil.copy(src / extra, out_dir / extra)
+
+
+__all__ = ["SHIPPED_DIR", "default_checkpoint", "export_delta", "shipped_models"]

@@ -1,0 +1,161 @@
+"""`rad-q`: steer generation with a shipped reward model, or train one.
+
+rad-q generate "The movie was"                       # RAD-Q detoxification with the embedded SmolLM2
+rad-q generate "I think" --task positive --method rad-v --beta 20 --compare
+rad-q train toxicity --method rad-q --data_dir ../shared/data --output_dir outputs/rad-q-toxicity
+rad-q train sentiment --help
+"""
+
+import argparse
+import sys
+
+TASKS = {  # task -> (reward model per method, label, direction)
+    "detox": ({"rad-q": "rad-q-toxicity", "rad-v": "rad-v-toxicity"}, 0, "minimize"),
+    "positive": ({"rad-q": "rad-q-sentiment", "rad-v": "rad-v-sentiment"}, 0, "maximize"),
+    "negative": ({"rad-q": "rad-q-sentiment", "rad-v": "rad-v-sentiment"}, 0, "minimize"),
+}
+METHODS = ("rad-q", "rad-v", "none")
+
+
+class CLIError(Exception):
+    """A user error: printed as `rad-q: error: ...` without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rad-q", description="Reward-augmented decoding (RAD-Q / RAD-V).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="Continue a prompt, steered by a reward model.")
+    gen.add_argument("prompt", help="The text to continue.")
+    gen.add_argument("--task", choices=sorted(TASKS), default="detox", help="What to steer towards (default detox).")
+    gen.add_argument("--method", choices=METHODS, default="rad-q", help="rad-q, rad-v, or none (unguided).")
+    gen.add_argument("--beta", type=float, default=10.0, help="Reward weight β (default 10).")
+    gen.add_argument("--top-k", type=int, default=20, help="Candidates per step (default 20).")
+    gen.add_argument("--num-samples", type=int, default=3, help="Continuations to sample (default 3).")
+    gen.add_argument("--max-new-tokens", type=int, default=30, help="Tokens per continuation (default 30).")
+    gen.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
+    gen.add_argument("--lm", default="smollm2-135m", help="Causal LM: embedded name, folder or Hub id.")
+    gen.add_argument("--reward-model", default=None, help="Reward model folder, Hub id or shipped name.")
+    gen.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    gen.add_argument("--compare", action="store_true", help="Also sample unguided; print both with rewards.")
+
+    train = sub.add_parser("train", help="Train a reward model (the examples/ scripts' entry points).")
+    train.add_argument("what", choices=("toxicity", "sentiment", "distill"), help="Which training script to run.")
+    train.add_argument("args", nargs=argparse.REMAINDER, help="Its arguments (`rad-q train toxicity --help`).")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "generate":
+            generate(args)
+        elif args.command == "train":
+            train(args.what, args.args)
+    except (CLIError, FileNotFoundError, ValueError, OSError) as error:
+        parser.exit(2, f"rad-q: error: {error}\n")
+    return 0
+
+
+def _load_reward_model(args, device):
+    from transformers import AutoModel
+
+    from .checkpoints import default_checkpoint, shipped_models
+
+    name = args.reward_model or TASKS[args.task][0][args.method]
+    if name in shipped_models():
+        path = default_checkpoint(name)
+    elif args.reward_model is None:
+        raise CLIError(f"The shipped model {name!r} is not in this installation (shipped: {shipped_models()}).")
+    else:
+        path = name
+    model = AutoModel.from_pretrained(path).to(device).eval()
+    kind = {"rad_q": "rad-q", "rad_v": "rad-v"}.get(model.config.model_type)
+    if kind != args.method:
+        raise CLIError(
+            f"--reward-model {name} is a {model.config.model_type} model; it does not fit --method {args.method}."
+        )
+    return model
+
+
+def generate(args) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .decoding import RADQ, RADV
+    from .embedded import is_embedded, resolve
+
+    if args.num_samples < 1 or args.max_new_tokens < 1 or args.top_k < 1:
+        raise CLIError("--num-samples, --max-new-tokens and --top-k must be ≥ 1.")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda, but CUDA is not available here; use --device cpu.")
+    lm_path = resolve(args.lm) if is_embedded(args.lm) else args.lm
+    tokenizer = AutoTokenizer.from_pretrained(lm_path, padding_side="left")
+    lm = AutoModelForCausalLM.from_pretrained(lm_path).to(args.device).eval()
+    batch = tokenizer([args.prompt] * args.num_samples, return_tensors="pt").to(args.device)
+    _, label, direction = TASKS[args.task]
+    method = "none" if args.method == "none" else args.method
+    reward_model = None
+    if method != "none" or args.compare:
+        probe = argparse.Namespace(**{**vars(args), "method": "rad-q" if method == "none" else method})
+        reward_model = _load_reward_model(probe, args.device)
+
+    def sample(guided: bool) -> list[str]:
+        processors = []
+        if guided:
+            cls = RADQ if method == "rad-q" else RADV
+            processors = [cls(reward_model, beta=args.beta, top_k=args.top_k, label=label, direction=direction,
+                              attention_mask=batch["attention_mask"], tokenizer=tokenizer)]  # fmt: skip
+        torch.manual_seed(args.seed)
+        out = lm.generate(**batch, do_sample=True, top_k=args.top_k, temperature=1.0, max_new_tokens=args.max_new_tokens,
+                          logits_processor=processors, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+
+    runs = {"unguided": sample(False)} if args.compare or method == "none" else {}
+    if method != "none":
+        runs[f"{method} (β={args.beta:g}, {args.task})"] = sample(True)
+    for title, texts in runs.items():
+        print(f"== {title}")
+        scores = (
+            score_texts(reward_model, tokenizer, [args.prompt + t for t in texts], label) if args.compare else None
+        )
+        for i, text in enumerate(texts):
+            prefix = f"[{scores[i]:.2f}] " if scores is not None else ""
+            print(f"{i + 1}. {prefix}{args.prompt}{text}")
+
+
+def score_texts(model, tokenizer, texts: list[str], label: int = 0) -> list[float]:
+    """Reward of each whole text (its last prefix), clamped to [0, 1]."""
+    import torch
+
+    from .training.reward_trainer import last_token, prefix_rewards
+
+    batch = tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True, padding_side="right")
+    batch = batch.to(next(model.parameters()).device)
+    with torch.no_grad():
+        rewards, _ = prefix_rewards(model, batch["input_ids"], batch["attention_mask"])
+    return last_token(rewards, batch["attention_mask"])[:, label].clamp(0, 1).tolist()
+
+
+def train(what: str, argv: list[str]) -> None:
+    from transformers import HfArgumentParser
+
+    from .training import DistillationConfig, RewardTrainingConfig, scripts
+
+    if what == "distill":
+        parser = HfArgumentParser(
+            (scripts.DistillArguments, scripts.ModelArguments, scripts.DataArguments, DistillationConfig)
+        )
+        parser.prog = "rad-q train distill"
+        d, model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+        scripts.distill(model_args, data_args, training_args, d.teacher, d.task, d.base_model)
+        return
+    parser = HfArgumentParser((scripts.ModelArguments, scripts.DataArguments, RewardTrainingConfig))
+    parser.prog = f"rad-q train {what}"
+    run = scripts.train_toxicity if what == "toxicity" else scripts.train_sentiment
+    run(*parser.parse_args_into_dataclasses(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

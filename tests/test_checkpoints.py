@@ -1,0 +1,67 @@
+"""Shipping a LoRA-trained reward model as an fp16 delta and assembling it back into an ordinary checkpoint."""
+
+import json
+
+import pytest
+import torch
+from conftest import llama_config
+from datasets import Dataset
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, LlamaForCausalLM
+
+from rad_q_hf import RadQForRewardModeling, RadVForRewardModeling, default_checkpoint
+from rad_q_hf.checkpoints import export_delta
+from rad_q_hf.training import RewardRegressionTrainer, RewardTrainingConfig, lora_config
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("tiny-lm")
+    torch.manual_seed(0)
+    LlamaForCausalLM(llama_config(len(tokenizer))).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("model_cls", [RadQForRewardModeling, RadVForRewardModeling])
+def test_delta_round_trip(model_cls, tiny_lm, tmp_path):
+    model = model_cls.from_backbone(str(tiny_lm), labels=["toxicity"], num_layers=1)
+    data = Dataset.from_dict({"input_ids": [[5, 6, 7], [8, 9, 10, 11]] * 8, "labels": [[1.0], [0.0]] * 8})
+    args = RewardTrainingConfig(
+        str(tmp_path / "run"), max_steps=3, learning_rate=1e-2, per_device_train_batch_size=4, report_to="none",
+        use_cpu=True, save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False,
+    )  # fmt: skip
+    trainer = RewardRegressionTrainer(model, args, train_dataset=data, peft_config=lora_config(r=4, alpha=8))
+    trainer.train()
+    trainer.save_model(tmp_path / "run")
+
+    delta = export_delta(tmp_path / "run", tmp_path / "delta", base=str(tiny_lm))
+    weights = load_file(delta / "delta.safetensors")
+    assert all(v.dtype == torch.float16 for v in weights.values())
+    assert all(".lora_" in k or "_head" in k for k in weights)  # only what training changed
+    assert json.loads((delta / "delta.json").read_text())["lora"]["r"] == 4
+
+    path = default_checkpoint(str(delta), cache_dir=tmp_path / "cache")
+    assert default_checkpoint(str(delta), cache_dir=tmp_path / "cache") == path  # assembled once
+    loaded = AutoModel.from_pretrained(path).eval()
+    assert type(loaded) is model_cls and loaded.config.label_names == ["toxicity"]
+    model.eval()
+    ids = torch.tensor([[0, 5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).rewards, model(ids).rewards, rtol=1e-2, atol=2e-3)  # fp16 delta
+
+
+def test_corrupt_or_missing_delta_errors(tiny_lm, tmp_path):
+    with pytest.raises(FileNotFoundError, match="No shipped reward model 'nope'"):
+        default_checkpoint("nope")
+    with pytest.raises(FileNotFoundError, match="trainable_state.safetensors is missing"):
+        RadVForRewardModeling.from_backbone(str(tiny_lm), num_layers=1).save_pretrained(tmp_path / "full")
+        export_delta(tmp_path / "full", tmp_path / "delta")
+    delta = tmp_path / "bad"
+    delta.mkdir()
+    RadVForRewardModeling.from_backbone(str(tiny_lm), num_layers=1).config.save_pretrained(delta)
+    (delta / "delta.json").write_text(json.dumps({"base": str(tiny_lm), "lora": {"r": 2, "lora_alpha": 4}}))
+    save_file({"value_head.weight": torch.zeros(1, 32, dtype=torch.float16)}, delta / "delta.safetensors")
+    with pytest.raises(ValueError, match="does not fit its config"):
+        default_checkpoint(str(delta), cache_dir=tmp_path / "cache")
+    assert not any((tmp_path / "cache" / "reward_models").iterdir())  # nothing half-built is left behind
