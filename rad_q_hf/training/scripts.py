@@ -68,6 +68,10 @@ class DataArguments:
     max_length: int = field(default=128, metadata={"help": "Truncate texts to this many tokens."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on a seeded sample of N texts."})
     max_eval_samples: int | None = field(default=1000, metadata={"help": "Evaluate on N held-out texts (RAD: 1000)."})
+    stage_max_steps: str | None = field(
+        default=None,
+        metadata={"help": "Sentiment: comma-separated `max_steps` of each stage (overrides --max_steps)."},
+    )
 
 
 @dataclass
@@ -192,6 +196,9 @@ def train_sentiment(model_args: ModelArguments, data_args: DataArguments, traini
         dataset, labels = own_files(data_args)
         return run_regression(model_args, data_args, training_args, dataset, labels)
     sources = [s.strip() for s in (data_args.source or "amazon,sst2").split(",") if s.strip()]
+    steps = [int(n) for n in data_args.stage_max_steps.split(",")] if data_args.stage_max_steps else None
+    if steps is not None and len(steps) != len(sources):
+        raise ValueError(f"--stage_max_steps has {len(steps)} values for {len(sources)} stages ({sources}).")
     root = Path(training_args.output_dir)
     previous, metrics = None, {}
     for i, source in enumerate(sources, 1):
@@ -202,6 +209,8 @@ def train_sentiment(model_args: ModelArguments, data_args: DataArguments, traini
         else:
             stage_model_args = model_args if previous is None else replace(model_args, init_from=str(previous))
             stage_args = replace(training_args, output_dir=str(stage_dir))
+            if steps is not None:
+                stage_args = replace(stage_args, max_steps=steps[i - 1])
             metrics = run_regression(stage_model_args, data_args, stage_args, dataset, ["positive"])
         previous = stage_dir
     model = AutoModel.from_pretrained(previous)

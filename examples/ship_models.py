@@ -1,0 +1,108 @@
+"""Train, export and document the reward models shipped in `rad_q_hf/shipped/` (CPU, about 10-20 min each).
+
+    python examples/ship_models.py --data_dir ../shared/data                       # all four
+    python examples/ship_models.py --data_dir ../shared/data --only rad-q-toxicity
+
+Each model: the embedded SmolLM2-135M's first layers with LoRA adapters and a fresh head, trained with the project's
+trainer on the offline corpora (fixed held-out splits), exported as an fp16 delta with `export_delta`, and given a
+card rendered from the package template (also copied to `model_cards/`). Training runs live in `--work_dir` and
+resume when re-run.
+"""
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+import rad_q_hf  # noqa: F401  (registers the Auto classes)
+from rad_q_hf.checkpoints import SHIPPED_DIR, export_delta
+from rad_q_hf.model_card import render_card
+from rad_q_hf.training import RewardTrainingConfig
+from rad_q_hf.training.scripts import DataArguments, ModelArguments, train_sentiment, train_toxicity
+
+LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+TOXICITY_DATA = (
+    "the labelled corpora under shared/data/toxicity (Civil Comments toxic spans, Jigsaw Toxic Comment, Davidson et "
+    "al. hate/offensive, TweetEval offensive and hate, Ruddit), mapped to one toxicity score in [0, 1], deduplicated, "
+    "5 % held out by a hash of the text; see each folder's SOURCE.md for provenance and licences (CC0, CC-BY-SA, "
+    "research use)"
+)
+SENTIMENT_DATA = (
+    "Blitzer et al.'s multi-domain Amazon reviews (research use), then SST-2 train (GLUE; dev held out), from "
+    "shared/data; label 1 = positive"
+)
+
+
+@dataclass
+class ShipArguments:
+    data_dir: str = field(default="../shared/data", metadata={"help": "The offline data folder."})
+    work_dir: str = field(default="outputs/shipped", metadata={"help": "Where training runs go."})
+    only: str | None = field(default=None, metadata={"help": "Comma-separated names to (re)build."})
+    num_layers: int = field(default=6, metadata={"help": "Backbone layers kept."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (LoRA)."})
+    batch_size: int = field(default=32, metadata={"help": "Texts per step."})
+    toxicity_steps: int = field(default=400, metadata={"help": "Optimizer steps for toxicity."})
+    sentiment_steps: str = field(default="100,400", metadata={"help": "Steps of the Amazon and SST-2 stages."})
+
+
+def recipe(name: str, a: ShipArguments):
+    method, task = name.rsplit("-", 1)  # "rad-q-toxicity" -> ("rad-q", "toxicity")
+    model_args = ModelArguments(
+        method=method, num_layers=a.num_layers, lora_r=a.lora_r, lora_alpha=2 * a.lora_r,
+        lora_target_modules=LORA_TARGETS,
+    )  # fmt: skip
+    data_args = DataArguments(data_dir=a.data_dir, max_length=64 if task == "toxicity" else 48)
+    common = dict(
+        output_dir=str(Path(a.work_dir) / name), learning_rate=a.learning_rate, warmup_steps=30,
+        per_device_train_batch_size=a.batch_size, per_device_eval_batch_size=32, report_to="none",
+        save_steps=100, logging_steps=20, dataloader_pin_memory=False,
+    )  # fmt: skip
+    if task == "toxicity":
+        return train_toxicity, model_args, data_args, RewardTrainingConfig(**common, max_steps=a.toxicity_steps)
+    data_args.source = "amazon,sst2"
+    data_args.stage_max_steps = a.sentiment_steps
+    return train_sentiment, model_args, data_args, RewardTrainingConfig(**common, max_steps=1)
+
+
+def ship(name: str, a: ShipArguments) -> None:
+    run, model_args, data_args, training_args = recipe(name, a)
+    run(model_args, data_args, training_args)
+    trained = Path(training_args.output_dir)
+    if name.endswith("sentiment"):
+        trained = trained / "stage-2-sst2"
+    out = SHIPPED_DIR / name
+    shutil.rmtree(out, ignore_errors=True)
+    export_delta(trained, out)
+    shutil.copy(trained / "eval_results.json", out / "eval_results.json")
+    delta_mb = (out / "delta.safetensors").stat().st_size / 2**20
+    steps = a.toxicity_steps if name.endswith("toxicity") else a.sentiment_steps
+    card = render_card(
+        name, out, task="detox" if name.endswith("toxicity") else "positive", method=model_args.method,
+        data=TOXICITY_DATA if name.endswith("toxicity") else SENTIMENT_DATA,
+        command=f"python examples/ship_models.py --data_dir {a.data_dir} --only {name}",
+        hyperparameters=(
+            f"LoRA r={a.lora_r}, alpha={2 * a.lora_r} on {LORA_TARGETS} of the first {a.num_layers} layers; heads "
+            f"trained fully; AdamW (0.9, 0.95), eps 1e-12, wd 0.01, clip 2.0, lr {a.learning_rate:g} linear with 30 "
+            f"warm-up steps, batch {a.batch_size}, steps {steps}, max length {data_args.max_length} tokens, seed 1, "
+            "fp32, CPU"
+        ),
+        num_layers=a.num_layers, lora_r=a.lora_r, delta_mb=delta_mb,
+    )  # fmt: skip
+    card.save(out / "README.md")
+    Path("model_cards").mkdir(exist_ok=True)
+    card.save(Path("model_cards") / f"{name}.md")
+    print(json.dumps({name: json.loads((out / "eval_results.json").read_text()), "delta_mb": delta_mb}))
+
+
+if __name__ == "__main__":
+    (args,) = HfArgumentParser(ShipArguments).parse_args_into_dataclasses()
+    names = (
+        args.only.split(",")
+        if args.only
+        else ["rad-q-toxicity", "rad-v-toxicity", "rad-q-sentiment", "rad-v-sentiment"]
+    )
+    for model_name in names:
+        ship(model_name, args)

@@ -1,0 +1,98 @@
+"""`rad-q` on tiny models: generate (guided, unguided, --compare), train, and the error cases."""
+
+import json
+
+import pytest
+import torch
+from conftest import build_reward_model, llama_config
+from transformers import GPT2Config, LlamaForCausalLM
+
+from rad_q_hf import RadQConfig, RadQForRewardModeling
+from rad_q_hf.cli import main
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    LlamaForCausalLM(llama_config(len(tokenizer))).save_pretrained(root / "lm")
+    tokenizer.save_pretrained(root / "lm")
+    build_reward_model("rad_q", "llama", len(tokenizer), labels=("toxicity",)).save_pretrained(root / "rad-q")
+    build_reward_model("rad_v", "llama", len(tokenizer), labels=("toxicity",)).save_pretrained(root / "rad-v")
+    other = RadQConfig(backbone_config=GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4))
+    RadQForRewardModeling(other).save_pretrained(root / "other-vocab")
+    return root
+
+
+def run(capsys, *argv) -> str:
+    assert main(list(argv)) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["rad-q", "rad-v"])
+def test_generate_guided_and_compare(method, models, capsys):
+    common = ["--lm", str(models / "lm"), "--reward-model", str(models / method), "--method", method,
+              "--num-samples", "2", "--max-new-tokens", "4", "--top-k", "5"]  # fmt: skip
+    out = run(capsys, "generate", "the movie was", *common)
+    lines = [line for line in out.splitlines() if line[:2] in ("1.", "2.")]
+    assert len(lines) == 2 and all(line[3:].startswith("the movie was") for line in lines)
+    assert "unguided" not in out
+
+    out = run(capsys, "generate", "the movie was", *common, "--compare", "--beta", "50")
+    assert "== unguided" in out and f"== {method} (β=50, detox)" in out
+    rewards = [float(line.split("[")[1].split("]")[0]) for line in out.splitlines() if line[:2] in ("1.", "2.")]
+    assert len(rewards) == 4 and all(0.0 <= r <= 1.0 for r in rewards)
+    assert run(capsys, "generate", "the movie was", *common, "--seed", "3") == run(
+        capsys, "generate", "the movie was", *common, "--seed", "3"
+    )  # seeded
+
+
+def test_generate_unguided_needs_no_reward_model(models, capsys):
+    out = run(capsys, "generate", "you are", "--lm", str(models / "lm"), "--method", "none", "--num-samples", "1",
+              "--max-new-tokens", "3")  # fmt: skip
+    assert "== unguided" in out and "1. you are" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--task", "polite"], "invalid choice: 'polite'"),
+        (["--method", "rad-x"], "invalid choice: 'rad-x'"),
+        (["--reward-model", "/no/such/folder"], "/no/such/folder"),
+        (
+            ["--reward-model", "{models}/rad-v", "--method", "rad-q"],
+            "is a rad_v model; it does not fit --method rad-q",
+        ),
+        (["--reward-model", "{models}/other-vocab"], "vocabulary"),
+        (["--num-samples", "0", "--reward-model", "{models}/rad-q"], "must be ≥ 1"),
+    ],
+)
+def test_generate_errors_are_clear(argv, message, models, capsys):
+    argv = [a.replace("{models}", str(models)) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "hi", "--lm", str(models / "lm"), "--max-new-tokens", "2", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_train_subcommands(models, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "toxicity", "--help"])
+    assert exit_info.value.code == 0 and "--lora_r" in capsys.readouterr().out
+    data = tmp_path / "train.jsonl"
+    data.write_text(
+        "\n".join(json.dumps({"text": t, "label": y}) for t, y in [("you idiot", 1.0), ("lovely", 0.0)] * 4)
+    )
+    out = tmp_path / "out"
+    main(["train", "toxicity", "--backbone", str(models / "lm"), "--train_file", str(data), "--output_dir", str(out),
+          "--max_steps", "1", "--report_to", "none", "--use_cpu", "--dataloader_pin_memory", "false"])  # fmt: skip
+    assert (out / "config.json").exists() and (out / "model.safetensors").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "sentiment", "--backbone", str(models / "lm"), "--data_dir", str(tmp_path / "missing"),
+              "--output_dir", str(tmp_path / "s")])  # fmt: skip
+    assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "distill", "--teacher", str(models / "rad-q"), "--backbone", str(models / "lm"),
+              "--train_file", str(data), "--output_dir", str(tmp_path / "d")])  # fmt: skip
+    assert exit_info.value.code == 2 and "not a RAD-V one" in capsys.readouterr().err
