@@ -14,13 +14,20 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
+from transformers import AutoModel, AutoTokenizer, HfArgumentParser
 
 import rad_q_hf  # noqa: F401  (registers the Auto classes)
-from rad_q_hf.checkpoints import SHIPPED_DIR, export_delta
+from rad_q_hf.checkpoints import SHIPPED_DIR, default_checkpoint, export_delta
+from rad_q_hf.data import load_sentiment, load_toxicity
 from rad_q_hf.model_card import render_card
 from rad_q_hf.training import RewardTrainingConfig
-from rad_q_hf.training.scripts import DataArguments, ModelArguments, train_sentiment, train_toxicity
+from rad_q_hf.training.scripts import (
+    DataArguments,
+    ModelArguments,
+    per_source_metrics,
+    train_sentiment,
+    train_toxicity,
+)
 
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 TOXICITY_DATA = (
@@ -46,6 +53,7 @@ class ShipArguments:
     batch_size: int = field(default=32, metadata={"help": "Texts per step."})
     toxicity_steps: int = field(default=500, metadata={"help": "Optimizer steps for toxicity."})
     sentiment_steps: str = field(default="100,800", metadata={"help": "Steps of the Amazon and SST-2 stages."})
+    skip_training: bool = field(default=False, metadata={"help": "Only re-export, re-evaluate and re-render cards."})
 
 
 def recipe(name: str, a: ShipArguments):
@@ -68,9 +76,20 @@ def recipe(name: str, a: ShipArguments):
     return train_sentiment, model_args, data_args, RewardTrainingConfig(**common, max_steps=1)
 
 
+def evaluate_shipped(name: str, a: ShipArguments, max_length: int) -> dict:
+    """Per-source metrics of the *shipped* (fp16 delta, assembled) model on the trainer's held-out sample."""
+    data = load_toxicity("offline", a.data_dir) if name.endswith("toxicity") else load_sentiment("sst2", a.data_dir)
+    test = data["test"]
+    test = test.shuffle(seed=1).select(range(1000)) if len(test) > 1000 else test  # the trainer's eval sample
+    path = default_checkpoint(name)
+    model, tokenizer = AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    return per_source_metrics(model, tokenizer, test, max_length=max_length)
+
+
 def ship(name: str, a: ShipArguments) -> None:
     run, model_args, data_args, training_args = recipe(name, a)
-    run(model_args, data_args, training_args)
+    if not a.skip_training:
+        run(model_args, data_args, training_args)
     trained = Path(training_args.output_dir)
     if name.endswith("sentiment"):
         trained = trained / "stage-2-sst2"
@@ -79,6 +98,8 @@ def ship(name: str, a: ShipArguments) -> None:
     export_delta(trained, out)
     shutil.copy(trained / "eval_results.json", out / "eval_results.json")
     delta_mb = (out / "delta.safetensors").stat().st_size / 2**20
+    per_source = evaluate_shipped(name, a, data_args.max_length)
+    (out / "per_source.json").write_text(json.dumps(per_source, indent=2) + "\n")
     steps = a.toxicity_steps if name.endswith("toxicity") else a.sentiment_steps
     card = render_card(
         name, out, task="detox" if name.endswith("toxicity") else "positive", method=model_args.method,
@@ -90,7 +111,7 @@ def ship(name: str, a: ShipArguments) -> None:
             f"warm-up steps, batch {a.batch_size}, steps {steps}, max length {data_args.max_length} tokens, seed 1, "
             "fp32, CPU"
         ),
-        num_layers=a.num_layers, lora_r=a.lora_r, delta_mb=delta_mb,
+        num_layers=a.num_layers, lora_r=a.lora_r, delta_mb=delta_mb, per_source=per_source,
     )  # fmt: skip
     card.save(out / "README.md")
     Path("model_cards").mkdir(exist_ok=True)

@@ -19,8 +19,16 @@ def metrics_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def per_source_table(per_source: dict[str, dict]) -> str:
+    lines = ["| held-out source | texts | accuracy | MSE | label variance |", "|---|---:|---:|---:|---:|"]
+    for source, m in per_source.items():
+        lines.append(f"| {source} | {m['n']} | {m['accuracy']:.3f} | {m['mse']:.4f} | {m['label_variance']:.4f} |")
+    return "\n".join(lines)
+
+
 def render_card(name: str, checkpoint_dir: str | Path, *, task: str, method: str, data: str, command: str,
-                hyperparameters: str, num_layers: int, lora_r: int, delta_mb: float) -> ModelCard:  # fmt: skip
+                hyperparameters: str, num_layers: int, lora_r: int, delta_mb: float,
+                per_source: dict[str, dict] | None = None) -> ModelCard:  # fmt: skip
     """The card of a shipped reward model, with the metrics of `checkpoint_dir/eval_results.json`."""
     metrics = json.loads((Path(checkpoint_dir) / "eval_results.json").read_text())
     toxicity = task == "detox"
@@ -57,7 +65,8 @@ def render_card(name: str, checkpoint_dir: str | Path, *, task: str, method: str
         lora_r=lora_r,
         delta_mb=f"{delta_mb:.1f}",
         metrics_table=metrics_table(metrics),
+        per_source_table=per_source_table(per_source) if per_source else "",
     )
 
 
-__all__ = ["REPO_URL", "TEMPLATE", "metrics_table", "render_card"]
+__all__ = ["REPO_URL", "TEMPLATE", "metrics_table", "per_source_table", "render_card"]

@@ -369,3 +369,28 @@ def test_distillation_rejects_mismatched_models(tmp_path):
         DistillationTrainer(
             build_reward_model("rad_q", "gpt2", VOCAB), teacher, DistillationConfig(str(tmp_path), candidate_top_k=5)
         )
+
+
+def test_per_source_metrics_match_per_text_scores(tokenizer):
+    from rad_q_hf.training.scripts import per_source_metrics
+
+    model = build_reward_model("rad_q", "gpt2", len(tokenizer), labels=("y",))
+    texts = ["the movie was great", "you idiot", "what a stupid idea", "I love this place, it is lovely"]
+    ds = Dataset.from_dict({"text": texts, "labels": [[1.0], [0.0], [0.0], [1.0]], "source": ["a", "b", "a", "a"]})
+    metrics = per_source_metrics(model, tokenizer, ds, batch_size=3)
+    preds = []
+    with torch.no_grad():
+        for text in texts:  # one unpadded text at a time: reward of its last token after BOS + the rest
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            preds.append(
+                float(
+                    model(torch.tensor([[BOS] + ids[:-1]]), query_ids=torch.tensor([[[ids[-1]]] * len(ids)])).rewards[
+                        0, -1, 0, 0
+                    ]
+                )
+            )
+    preds, labels = torch.tensor(preds), torch.tensor([1.0, 0.0, 0.0, 1.0])
+    a = torch.tensor([0, 2, 3])
+    assert metrics["a"]["n"] == 3 and metrics["all"]["n"] == 4
+    assert metrics["a"]["mse"] == pytest.approx(float((preds[a] - labels[a]).pow(2).mean()), rel=1e-4)
+    assert metrics["all"]["accuracy"] == pytest.approx(float(((preds >= 0.5) == (labels >= 0.5)).float().mean()))

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 from datasets import DatasetDict
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 from transformers.trainer_utils import get_last_checkpoint
@@ -175,6 +176,36 @@ def _train_and_save(trainer, training_args) -> dict[str, float]:
     return metrics
 
 
+@torch.no_grad()
+def per_source_metrics(model, tokenizer, ds, max_length: int = 128, batch_size: int = 32) -> dict[str, dict]:
+    """Accuracy at 0.5 and MSE of label 0 at the last token, per `source` of a `text` / `labels` / `source` set."""
+    from .reward_trainer import last_token, prefix_rewards
+
+    model.eval()
+    device = next(model.parameters()).device
+    preds = []
+    for start in range(0, len(ds), batch_size):
+        texts = ds["text"][start : start + batch_size]
+        batch = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length, padding=True,
+                          padding_side="right", return_tensors="pt").to(device)  # fmt: skip
+        rewards, _ = prefix_rewards(model, batch["input_ids"], batch["attention_mask"])
+        preds.append(last_token(rewards, batch["attention_mask"])[:, 0].float().cpu())
+    pred = torch.cat(preds)
+    label = torch.tensor([row[0] for row in ds["labels"]])
+    sources = ds["source"] if "source" in ds.column_names else ["all"] * len(ds)
+    out = {}
+    for source in sorted(set(sources)) + ["all"]:
+        idx = torch.tensor([i for i, s in enumerate(sources) if source in (s, "all")])
+        p, y = pred[idx], label[idx]
+        out[source] = {
+            "n": len(idx),
+            "accuracy": float(((p >= 0.5) == (y >= 0.5)).float().mean()),
+            "mse": float((p - y).pow(2).mean()),
+            "label_variance": float(y.var(unbiased=False)),
+        }
+    return out
+
+
 def train_toxicity(model_args: ModelArguments, data_args: DataArguments, training_args: RewardTrainingConfig):
     """RAD-V or RAD-Q toxicity reward model (labels: `toxicity`, or the 7 Jigsaw attributes)."""
     if data_args.train_file:
@@ -272,6 +303,7 @@ __all__ = [
     "ModelArguments",
     "build_reward_model",
     "distill",
+    "per_source_metrics",
     "run_regression",
     "train_sentiment",
     "train_toxicity",

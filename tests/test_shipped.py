@@ -1,0 +1,47 @@
+"""The reward models shipped in the package: they load offline and order clear cases correctly."""
+
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+import rad_q_hf
+from rad_q_hf.checkpoints import SHIPPED_DIR
+from rad_q_hf.cli import main, score_texts
+
+NAMES = ["rad-q-toxicity", "rad-v-toxicity", "rad-q-sentiment", "rad-v-sentiment"]
+# Written for these tests (not taken from any training corpus).
+TOXIC = ["You are a stupid worthless idiot and everyone hates you.", "Shut up, you disgusting moron."]
+NEUTRAL = ["The meeting has been moved to Tuesday afternoon.", "Thank you for the helpful and kind explanation."]
+POSITIVE = ["An absolutely wonderful film, moving and beautifully acted.", "I loved every minute of it."]
+NEGATIVE = ["A dull, tedious mess with terrible acting.", "I hated it and want my money back."]
+
+
+def test_all_four_are_shipped_within_the_size_budget():
+    assert rad_q_hf.shipped_models() == sorted(NAMES)
+    total = sum(f.stat().st_size for f in SHIPPED_DIR.rglob("*") if f.is_file())
+    assert total <= 30 * 2**20, f"shipped models take {total / 2**20:.1f} MB"
+    for name in NAMES:
+        card = (SHIPPED_DIR / name / "README.md").read_text()
+        assert "Content warning" in card and "eval" in card.lower() and "examples/ship_models.py" in card
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def shipped(request):
+    path = rad_q_hf.default_checkpoint(request.param)
+    return request.param, AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def test_shipped_model_orders_clear_cases(shipped):
+    name, model, tokenizer = shipped
+    assert model.config.model_type == ("rad_q" if name.startswith("rad-q") else "rad_v")
+    high, low = (TOXIC, NEUTRAL) if name.endswith("toxicity") else (POSITIVE, NEGATIVE)
+    with torch.no_grad():
+        high_scores, low_scores = score_texts(model, tokenizer, high), score_texts(model, tokenizer, low)
+    assert min(high_scores) > max(low_scores), (name, high_scores, low_scores)
+
+
+def test_cli_default_works_offline(capsys):
+    """`rad-q generate PROMPT` with no options: embedded SmolLM2 steered by the shipped RAD-Q detox model."""
+    assert main(["generate", "I think that you", "--num-samples", "1", "--max-new-tokens", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "== rad-q (β=10, detox)" in out and "1. I think that you" in out
