@@ -31,14 +31,16 @@ from rad_q_hf.training.scripts import (
 
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 TOXICITY_DATA = (
-    "the labelled corpora under shared/data/toxicity (Civil Comments toxic spans, Jigsaw Toxic Comment, Davidson et "
-    "al. hate/offensive, TweetEval offensive and hate, Ruddit), mapped to one toxicity score in [0, 1], deduplicated, "
-    "5 % held out by a hash of the text; see each folder's SOURCE.md for provenance and licences (CC0, CC-BY-SA, "
-    "research use)"
+    "the labelled corpora under shared/data/toxicity, mapped to one toxicity score in [0, 1] as its SOURCE.md "
+    "suggests: Civil Comments toxic spans (toxicity = annotator fraction; CC0), Jigsaw Toxic Comment subsets "
+    "(Wikipedia text CC-BY-SA, labels CC0; repos MIT), Davidson et al. hate/offensive (annotator fraction; MIT), "
+    "TweetEval offensive and hate (0/1; no restrictions beyond the tasks' and Twitter's terms), Ruddit "
+    "((score + 1) / 2; MIT, Reddit content). Deduplicated; TweetEval's test splits and 5 % of the rest (by a hash "
+    "of the text) are held out. Each folder's SOURCE.md gives the exact provenance"
 )
 SENTIMENT_DATA = (
-    "Blitzer et al.'s multi-domain Amazon reviews (research use), then SST-2 train (GLUE; dev held out), from "
-    "shared/data; label 1 = positive"
+    "Blitzer et al. (ACL 2007) multi-domain Amazon reviews (title + body; distributed for research, no licence "
+    "stated), then SST-2 train (GLUE; Stanford, research use); label 1 = positive; SST-2 dev held out"
 )
 
 

@@ -51,6 +51,14 @@ def render_card(name: str, checkpoint_dir: str | Path, *, task: str, method: str
         if toxicity
         else "it scores how positive a text is, to steer generation towards positive or negative sentiment.",
         label="toxicity" if toxicity else "positive",
+        content_warning="this reward model was trained on, and is meant to score, offensive and hateful text."
+        if toxicity
+        else "the training reviews and generated samples may contain offensive language.",
+        limitation="Its toxicity labels mix several constructs (toxicity, offensiveness, hate) from different "
+        "annotator pools and carry their biases, e.g. false positives on dialect and identity terms."
+        if toxicity
+        else "Sentiment was learned from product and film reviews; other domains and mixed or ironic sentiment "
+        "are scored less reliably.",
         label_meaning="1 = toxic" if toxicity else "1 = positive",
         direction="minimize" if toxicity else "maximize",
         task=task,

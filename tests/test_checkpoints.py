@@ -65,3 +65,22 @@ def test_corrupt_or_missing_delta_errors(tiny_lm, tmp_path):
     with pytest.raises(ValueError, match="does not fit its config"):
         default_checkpoint(str(delta), cache_dir=tmp_path / "cache")
     assert not any((tmp_path / "cache" / "reward_models").iterdir())  # nothing half-built is left behind
+
+
+@pytest.mark.parametrize("task", ["detox", "positive"])
+def test_model_card_has_the_required_sections(task, tmp_path):
+    from rad_q_hf.model_card import render_card
+
+    (tmp_path / "eval_results.json").write_text(
+        json.dumps({"eval_accuracy": 0.875, "eval_mse": 0.1, "eval_loss": 0.2})
+    )
+    per_source = {"sst2": {"n": 872, "accuracy": 0.875, "mse": 0.1, "label_variance": 0.25}}
+    card = render_card("rad-q-x", tmp_path, task=task, method="rad-q", data="DATA-NOTE", command="python make.py",
+                       hyperparameters="HP-NOTE", num_layers=12, lora_r=16, delta_mb=4.4, per_source=per_source)  # fmt: skip
+    text = str(card)
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
+    for needle in ("Content warning", "DATA-NOTE", "HP-NOTE", "`python make.py`", "| accuracy | 0.8750 |",
+                   "| sst2 | 872 | 0.875 |", "Intended use and limitations", "push_to_hub", "logits_processor=[steer]",
+                   'default_checkpoint("rad-q-x")'):  # fmt: skip
+        assert needle in text, needle
+    assert ("(1 = toxic)" if task == "detox" else "(1 = positive)") in text
