@@ -42,19 +42,24 @@ def reward_matrix(
                 cand = chunk.expand(1, T + 1, -1)  # (1, T + 1, c): every cut gets the same candidates
                 parts.append(teacher_candidate_values(model, ids, mask, cand)[0, :, :, label])  # (T + 1, c)
             rows.append(torch.cat(parts, dim=1))
-    return torch.cat(rows).double()
+    return torch.cat(rows)
 
 
-def numerical_rank(sigma: torch.Tensor, shape: tuple[int, int], rtol: float | None = None) -> int:
-    """Singular values above `rtol · σ_max` (default `max(m, n) · eps`, numpy's `matrix_rank` rule)."""
+def numerical_rank(sigma: torch.Tensor, shape: tuple[int, int], rtol: float | None = None, dtype=None) -> int:
+    """Singular values above `rtol · σ_max` (default `max(m, n) · eps` of `dtype`, numpy's `matrix_rank` rule)."""
     if sigma.numel() == 0 or sigma[0] == 0:
         return 0
-    rtol = rtol if rtol is not None else max(shape) * torch.finfo(sigma.dtype).eps
+    rtol = rtol if rtol is not None else max(shape) * torch.finfo(dtype or sigma.dtype).eps
     return int((sigma > rtol * sigma[0]).sum())
 
 
 def spectrum_stats(R: torch.Tensor, center: bool = False, rtol: float | None = None) -> dict:
-    """Singular values (descending), numerical rank and energy ranks of R (computed in float64)."""
+    """Singular values (descending), numerical rank and energy ranks of R.
+
+    The SVD runs in float64; the rank tolerance follows the precision R was computed in (a float32 reward matrix
+    carries float32 rounding noise).
+    """
+    dtype = R.dtype if R.dtype.is_floating_point else torch.float64
     R = R.double()
     if center:
         R = R - R.mean(dim=1, keepdim=True)  # remove each prefix's mean reward (RAD-Q's baseline term)
@@ -63,7 +68,7 @@ def spectrum_stats(R: torch.Tensor, center: bool = False, rtol: float | None = N
     stats = {
         "shape": list(R.shape),
         "centered": center,
-        "numerical_rank": numerical_rank(sigma, tuple(R.shape), rtol),
+        "numerical_rank": numerical_rank(sigma, tuple(R.shape), rtol, dtype),
         "singular_values": sigma.tolist(),
     }
     for level in ENERGY_LEVELS:

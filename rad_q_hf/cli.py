@@ -39,6 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     gen.add_argument("--compare", action="store_true", help="Also sample unguided; print both with rewards.")
 
+    rank = sub.add_parser("rank", help="Singular-value spectrum of reward models' (prefix × token) reward matrices.")
+    rank.add_argument("--reward-model", action="append", required=True,
+                      help="A shipped name, folder or Hub id; repeat to compare several on one plot.")  # fmt: skip
+    rank.add_argument("--num-prefixes", type=int, default=200, help="Rows: cuts of prompts + sampled continuations.")
+    rank.add_argument("--tokens", choices=("topk", "vocab"), default="topk",
+                      help="Columns: the union of the LM's top-k at every prefix, or (a sample of) the vocabulary.")  # fmt: skip
+    rank.add_argument("--top-k", type=int, default=20, help="k for --tokens topk (default 20).")
+    rank.add_argument("--vocab-size", type=int, default=None, help="--tokens vocab: a seeded sample of N tokens.")
+    rank.add_argument("--prompts-file", default=None, help="JSONL with `text` or `prompt.text` (default: built-in).")
+    rank.add_argument("--continuation-tokens", type=int, default=20, help="Sampled tokens after each prompt.")
+    rank.add_argument("--lm", default="smollm2-135m", help="Causal LM for continuations and top-k.")
+    rank.add_argument("--center", action="store_true", help="Centre each row before the SVD.")
+    rank.add_argument("--seed", type=int, default=0)
+    rank.add_argument("--output", default="outputs/rank", help="Folder for results.json and spectra.png.")
+
     train = sub.add_parser("train", help="Train a reward model (the examples/ scripts' entry points).")
     train.add_argument("what", choices=("toxicity", "sentiment", "distill"), help="Which training script to run.")
     train.add_argument("args", nargs=argparse.REMAINDER, help="Its arguments (`rad-q train toxicity --help`).")
@@ -53,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             generate(args)
         elif args.command == "train":
             train(args.what, args.args)
+        elif args.command == "rank":
+            rank(args)
     except (CLIError, FileNotFoundError, ValueError, OSError) as error:
         parser.exit(2, f"rad-q: error: {error}\n")
     return 0
@@ -136,6 +153,82 @@ def score_texts(model, tokenizer, texts: list[str], label: int = 0) -> list[floa
     with torch.no_grad():
         rewards, _ = prefix_rewards(model, batch["input_ids"], batch["attention_mask"])
     return last_token(rewards, batch["attention_mask"])[:, label].clamp(0, 1).tolist()
+
+
+DEFAULT_PROMPTS = [
+    "The new neighbours moved in last week and",
+    "I asked the waiter for the bill, but he",
+    "Honestly, the worst part of the movie was",
+    "My brother told me that his teacher",
+    "The city council voted on Tuesday to",
+    "She looked at the old photograph and",
+    "People who post comments like that are",
+    "After the game, the fans started to",
+]
+
+
+def rank(args) -> None:
+    import json
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    from .analysis import plot_spectra, reward_matrix, spectrum_stats
+    from .checkpoints import default_checkpoint, shipped_models
+    from .embedded import is_embedded, resolve
+
+    if args.num_prefixes < 1 or args.top_k < 1 or args.continuation_tokens < 0:
+        raise CLIError("--num-prefixes and --top-k must be ≥ 1, --continuation-tokens ≥ 0.")
+    prompts = DEFAULT_PROMPTS
+    if args.prompts_file:
+        rows = [json.loads(line) for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+        prompts = [r["prompt"]["text"] if isinstance(r.get("prompt"), dict) else r["text"] for r in rows]
+    lm_path = resolve(args.lm) if is_embedded(args.lm) else args.lm
+    tokenizer = AutoTokenizer.from_pretrained(lm_path)
+    lm = AutoModelForCausalLM.from_pretrained(lm_path).eval()
+    torch.manual_seed(args.seed)
+    texts, n_rows = [], 0
+    for prompt in prompts * (1 + args.num_prefixes // max(1, len(prompts))):  # sampled continuations differ
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        if args.continuation_tokens:
+            ids = lm.generate(ids, do_sample=True, top_k=args.top_k, max_new_tokens=args.continuation_tokens,
+                              pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        text = ids[0].tolist()[: args.num_prefixes - n_rows - 1]
+        texts.append(text)
+        n_rows += len(text) + 1
+        if n_rows >= args.num_prefixes:
+            break
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if args.tokens == "topk":
+        with torch.no_grad():
+            tops = [lm(torch.tensor([[bos] + t])).logits[0].topk(args.top_k, -1).indices.flatten() for t in texts]
+        tokens = torch.cat(tops).unique()
+    else:
+        tokens = torch.arange(len(tokenizer))
+        if args.vocab_size:
+            tokens = tokens[torch.randperm(len(tokens), generator=torch.Generator().manual_seed(args.seed))]
+            tokens = tokens[: args.vocab_size].sort().values
+    results, spectra, bounds = {}, {}, {}
+    for name in args.reward_model:
+        path = default_checkpoint(name) if name in shipped_models() else name
+        model = AutoModel.from_pretrained(path).eval()
+        if model.config.vocab_size != lm.config.vocab_size:
+            raise CLIError(f"{name} has vocabulary size {model.config.vocab_size}, the LM {lm.config.vocab_size}.")
+        stats = spectrum_stats(reward_matrix(model, texts, tokens), center=args.center)
+        stats["model_type"], stats["d_plus_1"] = model.config.model_type, model.config.hidden_size + 1
+        results[name], spectra[name] = stats, stats["singular_values"]
+        if model.config.model_type == "rad_q":
+            bounds[f"d + 1 = {stats['d_plus_1']}"] = stats["d_plus_1"]
+        print(f"{name}: R {stats['shape'][0]}×{stats['shape'][1]}, numerical rank {stats['numerical_rank']}, "
+              f"90/99/99.9 % energy at rank {stats['rank_90']}/{stats['rank_99']}/{stats['rank_99.9']} "
+              f"(d + 1 = {stats['d_plus_1']})")  # fmt: skip
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in vars(args).items() if k != "func"}
+    (out / "results.json").write_text(json.dumps({"args": config, "results": results}, indent=2) + "\n")
+    plot_spectra(spectra, str(out / "spectra.png"), bounds)
+    print(f"wrote {out / 'results.json'} and {out / 'spectra.png'}")
 
 
 def train(what: str, argv: list[str]) -> None:

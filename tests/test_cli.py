@@ -96,3 +96,20 @@ def test_train_subcommands(models, tmp_path, capsys):
         main(["train", "distill", "--teacher", str(models / "rad-q"), "--backbone", str(models / "lm"),
               "--train_file", str(data), "--output_dir", str(tmp_path / "d")])  # fmt: skip
     assert exit_info.value.code == 2 and "not a RAD-V one" in capsys.readouterr().err
+
+
+def test_rank_subcommand(models, tmp_path, capsys):
+    out_dir = tmp_path / "rank"
+    out = run(capsys, "rank", "--reward-model", str(models / "rad-q"), "--reward-model", str(models / "rad-v"),
+              "--lm", str(models / "lm"), "--num-prefixes", "40", "--tokens", "vocab", "--continuation-tokens", "6",
+              "--output", str(out_dir))  # fmt: skip
+    results = json.loads((out_dir / "results.json").read_text())["results"]
+    rad_q, rad_v = results[str(models / "rad-q")], results[str(models / "rad-v")]
+    assert rad_q["shape"] == rad_v["shape"] == [40, 120]  # same prefixes and tokens for both models
+    assert rad_q["model_type"] == "rad_q" and rad_q["d_plus_1"] == 33
+    assert rad_q["numerical_rank"] <= 33 < rad_v["numerical_rank"]
+    assert (out_dir / "spectra.png").read_bytes()[:4] == b"\x89PNG" and "numerical rank" in out
+    topk = run(capsys, "rank", "--reward-model", str(models / "rad-q"), "--lm", str(models / "lm"),
+               "--num-prefixes", "10", "--top-k", "3", "--output", str(tmp_path / "topk"))  # fmt: skip
+    shape = json.loads((tmp_path / "topk" / "results.json").read_text())["results"][str(models / "rad-q")]["shape"]
+    assert shape[0] == 10 and 3 <= shape[1] <= 30 and "rank" in topk
