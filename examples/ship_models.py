@@ -92,12 +92,12 @@ def ship(name: str, a: ShipArguments) -> None:
     run, model_args, data_args, training_args = recipe(name, a)
     if not a.skip_training:
         run(model_args, data_args, training_args)
-    trained = Path(training_args.output_dir)
-    if name.endswith("sentiment"):
-        trained = trained / "stage-2-sst2"
+    trained, earlier = Path(training_args.output_dir), []
+    if name.endswith("sentiment"):  # stage 2 trained new adapters on top of stage 1's merged ones: stack both
+        trained, earlier = trained / "stage-2-sst2", [trained / "stage-1-amazon"]
     out = SHIPPED_DIR / name
     shutil.rmtree(out, ignore_errors=True)
-    export_delta(trained, out)
+    export_delta(trained, out, earlier_stages=earlier)
     shutil.copy(trained / "eval_results.json", out / "eval_results.json")
     delta_mb = (out / "delta.safetensors").stat().st_size / 2**20
     per_source = evaluate_shipped(name, a, data_args.max_length)

@@ -84,3 +84,33 @@ def test_model_card_has_the_required_sections(task, tmp_path):
                    'default_checkpoint("rad-q-x")'):  # fmt: skip
         assert needle in text, needle
     assert ("(1 = toxic)" if task == "detox" else "(1 = positive)") in text
+
+
+def test_staged_lora_runs_stack_into_one_delta(tiny_lm, tmp_path):
+    """Stage 2 adds new adapters on stage 1's merged weights; the exported delta stacks both exactly."""
+    data = Dataset.from_dict({"input_ids": [[5, 6, 7], [8, 9, 10, 11]] * 8, "labels": [[1.0], [0.0]] * 8})
+
+    def train(model, folder):
+        args = RewardTrainingConfig(
+            str(folder), max_steps=3, learning_rate=1e-2, per_device_train_batch_size=4, report_to="none",
+            use_cpu=True, save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False,
+        )  # fmt: skip
+        trainer = RewardRegressionTrainer(model, args, train_dataset=data, peft_config=lora_config(r=4, alpha=8))
+        trainer.train()
+        trainer.save_model(folder)
+        return model
+
+    train(RadQForRewardModeling.from_backbone(str(tiny_lm), labels=["positive"], num_layers=2), tmp_path / "s1")
+    stage2 = train(AutoModel.from_pretrained(tmp_path / "s1"), tmp_path / "s2").eval()
+    with pytest.raises(FileNotFoundError):
+        export_delta(tmp_path / "s2", tmp_path / "bad", base=str(tiny_lm), earlier_stages=[tmp_path / "nowhere"])
+    delta = export_delta(tmp_path / "s2", tmp_path / "delta", base=str(tiny_lm), earlier_stages=[tmp_path / "s1"])
+    lora = json.loads((delta / "delta.json").read_text())["lora"]
+    assert (lora["r"], lora["lora_alpha"]) == (8, 16)  # rank 4 + 4, same scaling alpha / r = 2
+    loaded = AutoModel.from_pretrained(default_checkpoint(str(delta), cache_dir=tmp_path / "cache")).eval()
+    ids = torch.tensor([[0, 5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).rewards, stage2(ids).rewards, rtol=1e-2, atol=2e-3)
+        only_stage2 = export_delta(tmp_path / "s2", tmp_path / "delta2", base=str(tiny_lm))  # forgets stage 1
+        wrong = AutoModel.from_pretrained(default_checkpoint(str(only_stage2), cache_dir=tmp_path / "cache"))
+        assert not torch.allclose(wrong.eval()(ids).rewards, stage2(ids).rewards, atol=2e-3)
