@@ -113,7 +113,8 @@ def ship(name: str, a: ShipArguments) -> None:
             f"warm-up steps, batch {a.batch_size}, steps {steps}, max length {data_args.max_length} tokens, seed 1, "
             "fp32, CPU"
         ),
-        num_layers=a.num_layers, lora_r=a.lora_r, delta_mb=delta_mb, per_source=per_source,
+        num_layers=a.num_layers, delta_mb=delta_mb, per_source=per_source,
+        lora_r=f"{a.lora_r} per stage, stacked to {2 * a.lora_r}" if earlier else str(a.lora_r),
     )  # fmt: skip
     card.save(out / "README.md")
     Path("model_cards").mkdir(exist_ok=True)

@@ -172,6 +172,7 @@ def rank(args) -> None:
     from pathlib import Path
 
     import torch
+    from safetensors.torch import save_file
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     from .analysis import plot_spectra, reward_matrix, spectrum_stats
@@ -209,26 +210,34 @@ def rank(args) -> None:
         if args.vocab_size:
             tokens = tokens[torch.randperm(len(tokens), generator=torch.Generator().manual_seed(args.seed))]
             tokens = tokens[: args.vocab_size].sort().values
-    results, spectra, bounds = {}, {}, {}
+    results, spectra, bounds, matrices = {}, {}, {}, {}
     for name in args.reward_model:
         path = default_checkpoint(name) if name in shipped_models() else name
         model = AutoModel.from_pretrained(path).eval()
         if model.config.vocab_size != lm.config.vocab_size:
             raise CLIError(f"{name} has vocabulary size {model.config.vocab_size}, the LM {lm.config.vocab_size}.")
-        stats = spectrum_stats(reward_matrix(model, texts, tokens), center=args.center)
+        R = reward_matrix(model, texts, tokens)
+        stats = spectrum_stats(R, center=args.center)
         stats["model_type"], stats["d_plus_1"] = model.config.model_type, model.config.hidden_size + 1
+        if not args.center:  # the row-centred spectrum too: it removes the per-prefix baseline (RAD-Q's bᵀh_t)
+            stats["row_centered"] = spectrum_stats(R, center=True)
         results[name], spectra[name] = stats, stats["singular_values"]
+        matrices[name] = R.float().contiguous()
         if model.config.model_type == "rad_q":
             bounds[f"d + 1 = {stats['d_plus_1']}"] = stats["d_plus_1"]
-        print(f"{name}: R {stats['shape'][0]}×{stats['shape'][1]}, numerical rank {stats['numerical_rank']}, "
-              f"90/99/99.9 % energy at rank {stats['rank_90']}/{stats['rank_99']}/{stats['rank_99.9']} "
-              f"(d + 1 = {stats['d_plus_1']})")  # fmt: skip
+        line = f"{name}: R {stats['shape'][0]}×{stats['shape'][1]}, numerical rank {stats['numerical_rank']}, "
+        line += f"90/99/99.9 % energy at rank {stats['rank_90']}/{stats['rank_99']}/{stats['rank_99.9']}"
+        if "row_centered" in stats:
+            c = stats["row_centered"]
+            line += f"; row-centred: rank {c['numerical_rank']}, energy {c['rank_90']}/{c['rank_99']}/{c['rank_99.9']}"
+        print(f"{line} (d + 1 = {stats['d_plus_1']})")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in vars(args).items() if k != "func"}
     (out / "results.json").write_text(json.dumps({"args": config, "results": results}, indent=2) + "\n")
     plot_spectra(spectra, str(out / "spectra.png"), bounds)
-    print(f"wrote {out / 'results.json'} and {out / 'spectra.png'}")
+    save_file({**matrices, "tokens": tokens.contiguous()}, out / "matrices.safetensors")
+    print(f"wrote {out / 'results.json'}, {out / 'spectra.png'} and {out / 'matrices.safetensors'}")
 
 
 def train(what: str, argv: list[str]) -> None:

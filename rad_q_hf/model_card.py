@@ -27,7 +27,7 @@ def per_source_table(per_source: dict[str, dict]) -> str:
 
 
 def render_card(name: str, checkpoint_dir: str | Path, *, task: str, method: str, data: str, command: str,
-                hyperparameters: str, num_layers: int, lora_r: int, delta_mb: float,
+                hyperparameters: str, num_layers: int, lora_r: int | str, delta_mb: float,
                 per_source: dict[str, dict] | None = None) -> ModelCard:  # fmt: skip
     """The card of a shipped reward model, with the metrics of `checkpoint_dir/eval_results.json`."""
     metrics = json.loads((Path(checkpoint_dir) / "eval_results.json").read_text())
