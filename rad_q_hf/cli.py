@@ -210,15 +210,19 @@ def rank(args) -> None:
         if args.vocab_size:
             tokens = tokens[torch.randperm(len(tokens), generator=torch.Generator().manual_seed(args.seed))]
             tokens = tokens[: args.vocab_size].sort().values
+    cuts = [tuple(text[:p]) for text in texts for p in range(len(text) + 1)]  # the rows of R, in order
+    first = {cut: i for i, cut in reversed(list(enumerate(cuts)))}
+    distinct = torch.tensor(sorted(first.values()))
     results, spectra, bounds, matrices = {}, {}, {}, {}
     for name in args.reward_model:
         path = default_checkpoint(name) if name in shipped_models() else name
         model = AutoModel.from_pretrained(path).eval()
         if model.config.vocab_size != lm.config.vocab_size:
             raise CLIError(f"{name} has vocabulary size {model.config.vocab_size}, the LM {lm.config.vocab_size}.")
-        R = reward_matrix(model, texts, tokens)
+        R = reward_matrix(model, texts, tokens)[distinct]  # repeated prompts give repeated prefixes: keep one row each
         stats = spectrum_stats(R, center=args.center)
         stats["model_type"], stats["d_plus_1"] = model.config.model_type, model.config.hidden_size + 1
+        stats["prefix_rows_before_dedup"] = len(cuts)
         if not args.center:  # the row-centred spectrum too: it removes the per-prefix baseline (RAD-Q's bᵀh_t)
             stats["row_centered"] = spectrum_stats(R, center=True)
         results[name], spectra[name] = stats, stats["singular_values"]

@@ -30,7 +30,12 @@ def test_spectrum_matches_svdvals_on_known_rank(rank):
 def test_energy_ranks_on_a_known_spectrum():
     R = torch.diag(torch.tensor([10.0, 3.0, 1.0, 0.1], dtype=torch.float64))  # energies 100, 9, 1, 0.01
     stats = spectrum_stats(R)
-    assert (stats["rank_90"], stats["rank_99"], stats["rank_99.9"], stats["numerical_rank"]) == (1, 2, 3, 4)  # 100/110.01, 109/110.01, 110/110.01
+    assert (stats["rank_90"], stats["rank_99"], stats["rank_99.9"], stats["numerical_rank"]) == (
+        1,
+        2,
+        3,
+        4,
+    )  # 100/110.01, 109/110.01, 110/110.01
 
 
 def texts(n: int = 4, length: int = 10, seed: int = 0) -> list[list[int]]:

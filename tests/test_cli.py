@@ -105,11 +105,12 @@ def test_rank_subcommand(models, tmp_path, capsys):
               "--output", str(out_dir))  # fmt: skip
     results = json.loads((out_dir / "results.json").read_text())["results"]
     rad_q, rad_v = results[str(models / "rad-q")], results[str(models / "rad-v")]
-    assert rad_q["shape"] == rad_v["shape"] == [40, 120]  # same prefixes and tokens for both models
+    assert rad_q["prefix_rows_before_dedup"] == 40 and rad_q["shape"][1] == 120
+    assert rad_q["shape"] == rad_v["shape"] and 33 < rad_q["shape"][0] <= 40  # distinct prefixes, same for both
     assert rad_q["model_type"] == "rad_q" and rad_q["d_plus_1"] == 33
     assert rad_q["numerical_rank"] <= 33 < rad_v["numerical_rank"]
     assert (out_dir / "spectra.png").read_bytes()[:4] == b"\x89PNG" and "numerical rank" in out
     topk = run(capsys, "rank", "--reward-model", str(models / "rad-q"), "--lm", str(models / "lm"),
                "--num-prefixes", "10", "--top-k", "3", "--output", str(tmp_path / "topk"))  # fmt: skip
     shape = json.loads((tmp_path / "topk" / "results.json").read_text())["results"][str(models / "rad-q")]["shape"]
-    assert shape[0] == 10 and 3 <= shape[1] <= 30 and "rank" in topk
+    assert shape[0] <= 10 and 3 <= shape[1] <= 30 and "rank" in topk
