@@ -112,7 +112,7 @@ def generate(args) -> None:
     lm = AutoModelForCausalLM.from_pretrained(lm_path).to(args.device).eval()
     batch = tokenizer([args.prompt] * args.num_samples, return_tensors="pt").to(args.device)
     _, label, direction = TASKS[args.task]
-    method = "none" if args.method == "none" else args.method
+    method = args.method
     reward_model = None
     if method != "none" or args.compare:
         probe = argparse.Namespace(**{**vars(args), "method": "rad-q" if method == "none" else method})
