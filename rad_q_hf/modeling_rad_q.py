@@ -93,20 +93,30 @@ class RadQForRewardModeling(RadPreTrainedModel):
         (..., n_labels, k|V), or (..., k|V) for one `label` index (then only W_label is applied). The baseline
         b_jᵀ h_t is shared by every token.
         """
+        b = self._baselines(hidden)  # (..., L)
+        b = b[..., None] if label is None else b[..., label, None]  # (..., L, 1) or (..., 1)
+        return self._token_scores(hidden, query_ids, label) + b
+
+    def _baselines(self, hidden: torch.Tensor) -> torch.Tensor:
+        """b_jᵀ h_t, (..., n_labels); zeros without a baseline head."""
+        if self.baseline_head is None:
+            return hidden.new_zeros(*hidden.shape[:-1], self.config.num_labels)
+        return self.baseline_head(hidden)
+
+    def _token_scores(self, hidden, query_ids=None, label=None) -> torch.Tensor:
+        """The token-specific part e_vᵀ W_j h_t of `score_hidden`, same shapes."""
         d = hidden.shape[-1]
         if label is None:
             u = self.reward_head(hidden).unflatten(-1, (self.config.num_labels, d))  # (..., L, d) = W_j h_t
-            b = self.baseline_head(hidden)[..., None] if self.baseline_head is not None else 0  # (..., L, 1)
         else:
             u = nn.functional.linear(hidden, self.reward_head.weight[label * d : (label + 1) * d])  # (..., d)
-            b = self.baseline_head(hidden)[..., label, None] if self.baseline_head is not None else 0  # (..., 1)
         E = self.token_embeddings.to(u.dtype)  # (V, d)
         if query_ids is None:
-            return u @ E.T + b  # (..., [L,] V)
+            return u @ E.T  # (..., [L,] V)
         e = E[query_ids]  # (..., k, d): gather the k rows first, never build the (..., V) product
         if label is None:
-            return torch.einsum("...ld,...kd->...lk", u, e) + b  # (..., L, k)
-        return torch.einsum("...d,...kd->...k", u, e) + b  # (..., k)
+            return torch.einsum("...ld,...kd->...lk", u, e)  # (..., L, k)
+        return torch.einsum("...d,...kd->...k", u, e)  # (..., k)
 
     def forward(
         self,
@@ -142,7 +152,8 @@ class RadQForRewardModeling(RadPreTrainedModel):
             )
 
         hidden, cache = self.encode(input_ids, attention_mask, position_ids, cache, use_cache)  # (B, T, d)
-        rewards = self.score_hidden(hidden, query_ids)  # (B, T, L, k) or (B, T, L, V)
+        baselines = self._baselines(hidden)  # (B, T, L), computed once for the rewards and the output
+        rewards = self._token_scores(hidden, query_ids) + baselines[..., None]  # (B, T, L, k) or (B, T, L, V)
 
         loss = None
         if labels is not None:
@@ -150,10 +161,6 @@ class RadQForRewardModeling(RadPreTrainedModel):
             mask = attention_mask[:, -T:] if attention_mask is not None else torch.ones_like(input_ids)
             # Position t scores prefix x≤t+1: it counts when both it and the queried token are real (any padding side).
             loss = cumulative_mse_loss(rewards[:, :-1, :, 0], labels, mask[:, :-1] * mask[:, 1:])
-        if self.baseline_head is not None:
-            baselines = self.baseline_head(hidden)  # (B, T, L)
-        else:
-            baselines = hidden.new_zeros(B, T, self.config.num_labels)
         return RewardModelOutput(loss=loss, rewards=rewards, cache=cache, hidden_states=hidden, baselines=baselines)
 
 
