@@ -4,16 +4,15 @@ rad-q generate "The movie was"                       # RAD-Q detoxification with
 rad-q generate "I think" --task positive --method rad-v --beta 20 --compare
 rad-q train toxicity --method rad-q --data_dir ../shared/data --output_dir outputs/rad-q-toxicity
 rad-q train sentiment --help
+rad-q evaluate --task detox --method none,rad-q,rad-v --beta 10,20,50 --num-prompts 100 --output outputs/eval-detox
 """
 
 import argparse
 import sys
+from pathlib import Path
 
-TASKS = {  # task -> (reward model per method, label, direction)
-    "detox": ({"rad-q": "rad-q-toxicity", "rad-v": "rad-v-toxicity"}, 0, "minimize"),
-    "positive": ({"rad-q": "rad-q-sentiment", "rad-v": "rad-v-sentiment"}, 0, "maximize"),
-    "negative": ({"rad-q": "rad-q-sentiment", "rad-v": "rad-v-sentiment"}, 0, "minimize"),
-}
+from .evaluation.runner import TASKS  # task -> (shipped reward model per method, label, direction)
+
 METHODS = ("rad-q", "rad-v", "none")
 
 
@@ -54,6 +53,35 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--seed", type=int, default=0)
     rank.add_argument("--output", default="outputs/rank", help="Folder for results.json and spectra.png.")
 
+    ev = sub.add_parser("evaluate", help="The papers' protocol: sample, judge, report (resumable).")
+    ev.add_argument(
+        "--task",
+        choices=sorted(TASKS),
+        default="detox",
+        help="detox (RTP non-toxic prompts), positive, negative (neutral prompts).",
+    )
+    ev.add_argument("--method", default="none,rad-q,rad-v", help="Comma-separated: none, rad-q, rad-v.")
+    ev.add_argument("--beta", default="10", help="Comma-separated β values, e.g. 10,20,50.")
+    ev.add_argument("--num-prompts", type=int, default=100, help="The first N prompts of the set (default 100).")
+    ev.add_argument("--samples-per-prompt", type=int, default=25)
+    ev.add_argument("--max-new-tokens", type=int, default=20)
+    ev.add_argument("--top-k", type=int, default=20, help="Top-k sampling, guided and unguided (default 20).")
+    ev.add_argument("--prompts", default=None, help="A shipped set (rtp-nontoxic, sentiment-neutral, ...) or JSONL.")
+    ev.add_argument("--lm", default="smollm2-135m", help="The steered LM: embedded name, folder or Hub id.")
+    ev.add_argument("--rad-q-model", default=None, help="RAD-Q reward model (default: the task's shipped one).")
+    ev.add_argument("--rad-v-model", default=None, help="RAD-V reward model (default: the task's shipped one).")
+    ev.add_argument(
+        "--toxicity-judge", default="profanity-check", help="profanity-check | perspective | hf:<model>[#label]."
+    )
+    ev.add_argument("--sentiment-judge", default="vader", help="vader | distilbert-sst2 | hf:<model>[#label].")
+    ev.add_argument(
+        "--fluency-lm", default="gemma3-270m", help="Perplexity judge: gemma3-270m, a causal LM id/folder, or none."
+    )
+    ev.add_argument("--prompts-per-batch", type=int, default=4, help="Prompts per generate call (default 4).")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ev.add_argument("--output", default="outputs/evaluate", help="Output folder; a re-run resumes in it.")
+
     train = sub.add_parser("train", help="Train a reward model (the examples/ scripts' entry points).")
     train.add_argument("what", choices=("toxicity", "sentiment", "distill"), help="Which training script to run.")
     train.add_argument("args", nargs=argparse.REMAINDER, help="Its arguments (`rad-q train toxicity --help`).")
@@ -70,30 +98,21 @@ def main(argv: list[str] | None = None) -> int:
             train(args.what, args.args)
         elif args.command == "rank":
             rank(args)
+        elif args.command == "evaluate":
+            evaluate(args)
     except (CLIError, FileNotFoundError, ValueError, OSError) as error:
         parser.exit(2, f"rad-q: error: {error}\n")
     return 0
 
 
 def _load_reward_model(args, device):
-    from transformers import AutoModel
-
-    from .checkpoints import default_checkpoint, shipped_models
+    from .checkpoints import shipped_models
+    from .evaluation.runner import load_reward_model
 
     name = args.reward_model or TASKS[args.task][0][args.method]
-    if name in shipped_models():
-        path = default_checkpoint(name)
-    elif args.reward_model is None:
+    if args.reward_model is None and name not in shipped_models():
         raise CLIError(f"The shipped model {name!r} is not in this installation (shipped: {shipped_models()}).")
-    else:
-        path = name
-    model = AutoModel.from_pretrained(path).to(device).eval()
-    kind = {"rad_q": "rad-q", "rad_v": "rad-v"}.get(model.config.model_type)
-    if kind != args.method:
-        raise CLIError(
-            f"--reward-model {name} is a {model.config.model_type} model; it does not fit --method {args.method}."
-        )
-    return model
+    return load_reward_model(name, args.method, device)
 
 
 def generate(args) -> None:
@@ -242,6 +261,31 @@ def rank(args) -> None:
     plot_spectra(spectra, str(out / "spectra.png"), bounds)
     save_file({**matrices, "tokens": tokens.contiguous()}, out / "matrices.safetensors")
     print(f"wrote {out / 'results.json'}, {out / 'spectra.png'} and {out / 'matrices.safetensors'}")
+
+
+def evaluate(args) -> None:
+    from .evaluation import EvaluationConfig, run_evaluation
+
+    try:
+        betas = tuple(float(b) for b in args.beta.split(","))
+    except ValueError as error:
+        raise CLIError(f"--beta takes comma-separated numbers, got {args.beta!r}.") from error
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CLIError("--device cuda, but CUDA is not available here; use --device cpu.")
+    config = EvaluationConfig(
+        task=args.task, methods=tuple(m.strip() for m in args.method.split(",")), betas=betas,
+        num_prompts=args.num_prompts, samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
+        top_k=args.top_k, prompts=args.prompts, lm=args.lm, rad_q_model=args.rad_q_model, rad_v_model=args.rad_v_model,
+        toxicity_judge=args.toxicity_judge, sentiment_judge=args.sentiment_judge, fluency_lm=args.fluency_lm,
+        prompts_per_batch=args.prompts_per_batch, seed=args.seed, device=args.device, output=args.output,
+    )  # fmt: skip
+    report = run_evaluation(config)
+    if report is not None:
+        print((Path(args.output) / "results.md").read_text())
+        print(f"wrote {args.output}/results.json and results.md")
 
 
 def train(what: str, argv: list[str]) -> None:

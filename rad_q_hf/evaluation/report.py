@@ -1,0 +1,107 @@
+"""`results.json`, a markdown table and the toxicity / positive-rate vs perplexity trade-off plots."""
+
+import json
+import math
+import platform
+from dataclasses import asdict
+from pathlib import Path
+
+COLUMNS = {  # metric -> column title, shown when present
+    "avg_max_toxicity": "avg max toxicity ↓",
+    "toxic_rate": "toxic rate ↓",
+    "positive_rate": "positive rate",
+    "negative_rate": "negative rate",
+    "perplexity": "PPL ↓",
+    "dist-1": "dist-1",
+    "dist-2": "dist-2",
+    "dist-3": "dist-3",
+    "generation_seconds": "gen. s",
+}
+
+
+def markdown_table(results: dict) -> str:
+    """One row per setting (the order of `results`), the columns of `COLUMNS` that any setting has."""
+    columns = [c for c in COLUMNS if any(c in m for m in results.values())]
+    lines = ["| method | β | " + " | ".join(COLUMNS[c] for c in columns) + " |"]
+    lines.append("|---|---:|" + "---:|" * len(columns))
+    for metrics in results.values():
+        method = {"none": "unguided", "rad-q": "RAD-Q", "rad-v": "RAD-V"}[metrics["method"]]
+        beta = "–" if metrics["beta"] is None else f"{metrics['beta']:g}"
+        cells = [_fmt(c, metrics.get(c)) for c in columns]
+        lines.append(f"| {method} | {beta} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(column: str, value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if column == "perplexity":
+        return f"{value:.1f}"
+    if column == "generation_seconds":
+        return f"{value:.0f}"
+    return f"{value:.3f}"
+
+
+def plot_tradeoff(results: dict, metric: str, path: str, title: str = "") -> None:
+    """`metric` against perplexity: a line per guided method through its β values, a star for unguided."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for method, style in (("rad-q", "o-"), ("rad-v", "s--")):
+        points = sorted((m["beta"], m["perplexity"], m[metric]) for m in results.values() if m["method"] == method)
+        if points:
+            ax.plot([p[1] for p in points], [p[2] for p in points], style, label=method.upper())
+            for beta, x, y in points:
+                ax.annotate(f"β={beta:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for m in results.values():
+        if m["method"] == "none":
+            ax.plot([m["perplexity"]], [m[metric]], "k*", markersize=12, label="unguided")
+    ax.set_xlabel("perplexity (fluency judge) →  less fluent")
+    ax.set_ylabel(COLUMNS[metric].replace(" ↓", ""))
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(config, results: dict, judges: dict) -> dict:
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    out = Path(config.output)
+    report = {
+        "config": asdict(config),
+        "judges": judges,
+        "scored_text": {
+            "toxicity": "continuation",
+            "sentiment": "prompt + continuation",
+            "perplexity": "continuation given prompt",
+        },  # fmt: skip
+        "results": results,
+        "versions": {
+            "rad_q_hf": __version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },  # fmt: skip
+    }
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    judge_line = ", ".join(f"{kind}: {name}" for kind, name in judges.items())
+    header = (
+        f"# {config.task}: {config.num_prompts} prompts ({config.prompts}) × {config.samples_per_prompt} samples × "
+        f"{config.max_new_tokens} tokens, top-k {config.top_k}, LM {config.lm}\n\nJudges: {judge_line}.\n\n"
+    )
+    (out / "results.md").write_text(header + markdown_table(results))
+    metric = "avg_max_toxicity" if config.task == "detox" else "positive_rate"
+    guided = [m for m in results.values() if m["method"] != "none"]
+    if len({m["beta"] for m in guided}) > 1 and all("perplexity" in m for m in results.values()):
+        name = "toxicity" if config.task == "detox" else "positive_rate"
+        plot_tradeoff(results, metric, str(out / f"tradeoff_{name}.png"), f"{config.task}, {config.lm}")
+    return report

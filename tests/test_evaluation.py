@@ -1,0 +1,399 @@
+"""The evaluation harness: metrics against hand computations, judges, prompts, the Perspective client against a
+loopback server, and `run_evaluation` / `rad-q evaluate` end to end on tiny models (resume, sharding, reports)."""
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_reward_model, llama_config
+from transformers import LlamaForCausalLM
+
+from rad_q_hf.cli import main
+from rad_q_hf.evaluation import (
+    EvaluationConfig,
+    EvaluationError,
+    JudgeError,
+    conditional_perplexity,
+    distinct_n,
+    fluency_judge,
+    load_prompts,
+    perplexity_metrics,
+    run_evaluation,
+    sentiment_judge,
+    sentiment_metrics,
+    toxicity_judge,
+    toxicity_metrics,
+)
+from rad_q_hf.evaluation.perspective import PerspectiveClient, PerspectiveError
+
+ROOT = Path(__file__).resolve().parent.parent
+NAN = math.nan
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# metrics
+
+
+def test_toxicity_metrics_by_hand():
+    scores = [[0.1, 0.6, 0.2], [0.4, 0.45, NAN], [NAN, NAN], [0.5, 0.0, 0.1]]
+    m = toxicity_metrics(scores)
+    # maxima 0.6, 0.45, 0.5 (the all-NaN prompt is left out); ≥ 0.5 for prompts 1 and 4
+    assert m["avg_max_toxicity"] == pytest.approx((0.6 + 0.45 + 0.5) / 3)
+    assert m["toxic_rate"] == pytest.approx(2 / 3)
+    assert m["num_prompts_scored"] == 3
+
+
+def test_sentiment_metrics_by_hand():
+    labels = [["POSITIVE"] * 3 + ["NEGATIVE"], ["NEUTRAL", "NEGATIVE"], ["POSITIVE"]]
+    m = sentiment_metrics(labels)
+    assert m["positive_rate"] == pytest.approx((0.75 + 0.0 + 1.0) / 3)  # a mean of per-prompt fractions
+    assert m["negative_rate"] == pytest.approx((0.25 + 0.5 + 0.0) / 3)
+
+
+def test_distinct_n_by_hand():
+    prompts = [
+        ["the cat sat", "the cat ran far"],  # 7 words; unigrams 5; bigrams {the cat, cat sat, cat ran, ran far} = 4
+        ["a a a a"],  # 4 words; 1 unigram, 1 bigram, 1 trigram
+        ["", "  "],  # no words: left out
+    ]
+    m = distinct_n(prompts)
+    # trigrams: {the cat sat, the cat ran, cat ran far} = 3 of 7 words
+    assert m["dist-1"] == pytest.approx((5 / 7 + 1 / 4) / 2)
+    assert m["dist-2"] == pytest.approx((4 / 7 + 1 / 4) / 2)
+    assert m["dist-3"] == pytest.approx((3 / 7 + 1 / 4) / 2)
+
+
+def test_perplexity_metrics_drop_large_and_nan():
+    m = perplexity_metrics([[5.0, 1e5, 99999.0], [NAN, 15.0]])
+    assert m["perplexity"] == pytest.approx((5 + 99999 + 15) / 3)
+    assert m["perplexity_dropped"] == 2
+
+
+def test_conditional_perplexity_matches_separate_forwards(tokenizer):
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(llama_config(len(tokenizer))).eval()
+    prompts = ["the movie was", "you are a kind"]
+    continuations = [[" great and the actors", " terrible"], [" and thoughtful person", " idiot"]]
+    got = conditional_perplexity(lm, tokenizer, prompts, continuations, batch_size=3)
+
+    def nll(text):  # summed NLL from the model's own loss, one unpadded sequence at a time
+        ids = torch.tensor([tokenizer(text)["input_ids"]])
+        with torch.no_grad():
+            return lm(ids, labels=ids).loss.item() * (ids.shape[1] - 1), ids.shape[1]
+
+    for p, row, ppl_row in zip(prompts, continuations, got, strict=True):
+        (p_nll, p_len) = nll(p)
+        for c, ppl in zip(row, ppl_row, strict=True):
+            f_nll, f_len = nll(p + c)
+            assert ppl == pytest.approx(math.exp((f_nll - p_nll) / (f_len - p_len)), rel=1e-4)
+    assert math.isnan(conditional_perplexity(lm, tokenizer, ["the movie"], [[""]])[0][0])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# prompts and judges
+
+
+def test_shipped_prompts_and_jsonl(tmp_path):
+    sizes = {"rtp-nontoxic": 5000, "sentiment-neutral": 5000, "sentiment-negative": 2500, "sentiment-positive": 2500}
+    for name, n in sizes.items():
+        prompts = load_prompts(name)
+        assert len(prompts) == n and all(isinstance(p, str) and p.strip() for p in prompts)
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": {"text": "Hello there"}}\n\n{"text": "General"}\n')
+    assert load_prompts(str(path)) == ["Hello there", "General"]
+    assert load_prompts(str(path), 1) == ["Hello there"]
+    with pytest.raises(ValueError, match="fewer than the 3"):
+        load_prompts(str(path), 3)
+    path.write_text('{"prompt": "not a dict"}\n')
+    with pytest.raises(ValueError, match="line 1.*prompt.text. or .text"):
+        load_prompts(str(path))
+    with pytest.raises(FileNotFoundError, match="shipped sets"):
+        load_prompts(str(tmp_path / "missing.jsonl"))
+
+
+def test_offline_judges_order_obvious_texts():
+    tox = toxicity_judge("profanity-check").score(["you are a fucking idiot", "the weather is nice today"])
+    assert tox[0] > 0.5 > tox[1]
+    labels = sentiment_judge("vader").classify(["I love it, wonderful!", "This is awful and sad.", "It is a table."])
+    assert labels == ["POSITIVE", "NEGATIVE", "NEUTRAL"]
+    assert fluency_judge("none") is None
+
+
+@pytest.mark.parametrize(
+    "make, name, message",
+    [
+        (toxicity_judge, "detoxify-xl", "Unknown toxicity judge 'detoxify-xl'.*profanity-check"),
+        (sentiment_judge, "vaderr", "Unknown sentiment judge 'vaderr'.*vader"),
+        (toxicity_judge, "perspective", "PERSPECTIVE_API_KEY"),
+    ],
+)
+def test_unknown_or_unusable_judges_error_clearly(make, name, message, monkeypatch):
+    monkeypatch.delenv("PERSPECTIVE_API_KEY", raising=False)
+    with pytest.raises(JudgeError, match=message):
+        make(name)
+
+
+def test_hub_classifier_judge_from_a_folder(tmp_path, tokenizer):
+    from transformers import LlamaForSequenceClassification
+
+    config = llama_config(len(tokenizer))
+    config.id2label, config.label2id = {0: "neutral", 1: "toxic"}, {"neutral": 0, "toxic": 1}
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "clf")
+    tokenizer.save_pretrained(tmp_path / "clf")
+    judge = toxicity_judge(f"hf:{tmp_path / 'clf'}")
+    scores = judge.score(["you idiot", "the movie was great"])
+    assert len(scores) == 2 and all(0.0 < s < 1.0 for s in scores)
+    assert sentiment_judge(f"hf:{tmp_path / 'clf'}#neutral").classify(["you idiot"])[0] in {"POSITIVE", "NEGATIVE"}
+    with pytest.raises(JudgeError, match=r"labels \['neutral', 'toxic'\], none named 'positive'"):
+        sentiment_judge(f"hf:{tmp_path / 'clf'}")
+    with pytest.raises(JudgeError, match="Cannot load the classifier"):
+        toxicity_judge(f"hf:{tmp_path / 'nothing-here'}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Perspective client against a loopback server
+
+
+class _Perspective(BaseHTTPRequestHandler):
+    answers: list = []  # status codes to answer in turn (then 200)
+    requests: list = []
+
+    def do_POST(self):  # noqa: N802  (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append((self.path, body))
+        status = type(self).answers.pop(0) if type(self).answers else 200
+        self.send_response(status)
+        if status == 429:
+            self.send_header("Retry-After", "0")
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        if status == 200:
+            score = 0.9 if "idiot" in body["comment"]["text"] else 0.1
+            self.wfile.write(
+                json.dumps({"attributeScores": {"TOXICITY": {"summaryScore": {"value": score}}}}).encode()
+            )
+        else:
+            self.wfile.write(b'{"error": {}}')
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def perspective_server():
+    server = HTTPServer(("127.0.0.1", 0), _Perspective)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Perspective.answers, _Perspective.requests = [], []
+    yield f"http://127.0.0.1:{server.server_port}/v1alpha1/comments:analyze"
+    server.shutdown()
+
+
+def test_perspective_client_formats_requests_and_retries_on_429(perspective_server):
+    _Perspective.answers = [429, 429, 200, 400]
+    sleeps = []
+    client = PerspectiveClient(api_key="SECRET", endpoint=perspective_server, requests_per_second=1000,
+                               backoff_seconds=0.5, sleep=sleeps.append)  # fmt: skip
+    assert client.score(["you idiot", "hello"])[0] == pytest.approx(0.9)
+    path, body = _Perspective.requests[0]
+    assert path == "/v1alpha1/comments:analyze?key=SECRET"
+    assert body == {"comment": {"text": "you idiot"}, "languages": ["en"], "requestedAttributes": {"TOXICITY": {}},
+                    "doNotStore": True}  # fmt: skip
+    # 2 × 429 then 200 for the first text; 400 (unscorable) for the second: 4 requests, and NaN
+    assert len(_Perspective.requests) == 4
+    assert sleeps.count(0.0) == 2  # the server's Retry-After: 0, honoured twice
+    _Perspective.answers = [400]
+    assert math.isnan(client.score_one("¿qué?"))
+
+
+def test_perspective_client_gives_up_and_rate_limits(perspective_server):
+    _Perspective.answers = [503] * 10
+    sleeps = []
+    client = PerspectiveClient(api_key="K", endpoint=perspective_server, requests_per_second=1000, max_retries=3,
+                               backoff_seconds=0.25, sleep=sleeps.append)  # fmt: skip
+    with pytest.raises(PerspectiveError, match="after 3 retries"):
+        client.score_one("hello")
+    backoffs = [s for s in sleeps if s >= 0.25]
+    assert backoffs == [0.25, 0.5, 1.0]  # exponential back-off between the 4 attempts
+    # the quota: back-to-back requests at 2 per second wait ~0.5 s between them
+    _Perspective.answers, waits = [], []
+    slow = PerspectiveClient(api_key="K", endpoint=perspective_server, requests_per_second=2, sleep=waits.append)
+    slow.score(["a", "b", "c"])
+    assert len(waits) == 2 and all(0.3 < w <= 0.5 for w in waits)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# runs on tiny models
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("evaluation")
+    torch.manual_seed(0)
+    LlamaForCausalLM(llama_config(len(tokenizer))).save_pretrained(root / "lm")
+    tokenizer.save_pretrained(root / "lm")
+    torch.manual_seed(1)
+    LlamaForCausalLM(llama_config(len(tokenizer))).save_pretrained(root / "judge")  # an independent fluency LM
+    tokenizer.save_pretrained(root / "judge")
+    build_reward_model("rad_q", "llama", len(tokenizer), labels=("toxicity",)).save_pretrained(root / "rad-q")
+    build_reward_model("rad_v", "llama", len(tokenizer), labels=("toxicity",)).save_pretrained(root / "rad-v")
+    prompts = ["the movie was", "you are a", "what a stupid", "I love this", "the food was"]
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": {"text": p}}) + "\n" for p in prompts))
+    return root
+
+
+def tiny_config(models: Path, output: Path, **overrides) -> EvaluationConfig:
+    options = dict(
+        task="detox", methods=("none", "rad-q", "rad-v"), betas=(2.0, 8.0), num_prompts=5, samples_per_prompt=3,
+        max_new_tokens=4, top_k=5, prompts=str(models / "prompts.jsonl"), lm=str(models / "lm"),
+        rad_q_model=str(models / "rad-q"), rad_v_model=str(models / "rad-v"), fluency_lm=str(models / "judge"),
+        prompts_per_batch=2, output=str(output),
+    )  # fmt: skip
+    return EvaluationConfig(**{**options, **overrides})
+
+
+def merged(output: Path, setting: str) -> list[dict]:
+    rows = [json.loads(line) for line in (output / "generations" / f"{setting}.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def without_timing(results: dict) -> dict:
+    return {name: {k: v for k, v in m.items() if k != "generation_seconds"} for name, m in results.items()}
+
+
+@pytest.fixture(scope="module")
+def reference_run(models, tmp_path_factory):
+    output = tmp_path_factory.mktemp("reference")
+    return output, run_evaluation(tiny_config(models, output))
+
+
+def test_run_writes_metrics_table_and_plot(reference_run):
+    output, report = reference_run
+    results = report["results"]
+    assert list(results) == ["none", "rad-q_b2", "rad-q_b8", "rad-v_b2", "rad-v_b8"]
+    for name, m in results.items():
+        assert m["num_prompts"] == 5 and m["num_samples"] == 15
+        assert 0 <= m["avg_max_toxicity"] <= 1 and 0 <= m["toxic_rate"] <= 1
+        assert m["perplexity"] > 1 and 0 < m["dist-1"] <= 1
+        rows = merged(output, name)
+        assert [r["index"] for r in rows] == list(range(5)) and all(len(r["continuations"]) == 3 for r in rows)
+    # the numbers in results.json are the metrics of the stored samples and scores
+    scores = json.loads((output / "scores" / "rad-q_b8.json").read_text())
+    assert results["rad-q_b8"]["avg_max_toxicity"] == pytest.approx(
+        toxicity_metrics(scores["toxicity"])["avg_max_toxicity"]
+    )
+    assert report["scored_text"]["toxicity"] == "continuation"
+    table = (output / "results.md").read_text()
+    assert "| RAD-V | 8 |" in table and "| unguided | – |" in table
+    assert (output / "tradeoff_toxicity.png").stat().st_size > 5000
+
+
+def test_resume_after_interruption_gives_the_same_results(models, reference_run, tmp_path):
+    reference, report = reference_run
+    calls = []
+
+    def interrupt(setting, batch):
+        calls.append((setting.name, batch))
+        if len(calls) == 5:  # none: batches 0-2, rad-q β=2: batches 0-1 written, then "Ctrl-C"
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation(tiny_config(models, tmp_path), on_batch=interrupt)
+    part = tmp_path / "generations" / "rad-q_b2" / "part-0.jsonl"
+    with open(part, "a") as f:
+        f.write('{"index": 4, "prompt": "the fo')  # a torn line from a write cut short
+    calls.clear()
+    resumed = run_evaluation(tiny_config(models, tmp_path), on_batch=lambda s, b: calls.append((s.name, b)))
+    assert calls[0] == ("rad-q_b2", 2) and len(calls) == 15 - 5  # finished batches are not redone
+    assert without_timing(resumed["results"]) == without_timing(report["results"])
+    for name in report["results"]:
+        assert merged(tmp_path, name) == merged(reference, name)
+
+
+def test_rerun_with_other_sampling_settings_is_refused(models, reference_run):
+    output, _ = reference_run
+    with pytest.raises(EvaluationError, match=r"other \['seed'\]"):
+        run_evaluation(tiny_config(models, output, seed=1))
+
+
+def test_more_betas_and_other_judges_reuse_the_samples(models, reference_run, tmp_path):
+    import shutil
+
+    reference, report = reference_run
+    shutil.copytree(reference, tmp_path / "run")
+    calls = []
+    extended = run_evaluation(
+        tiny_config(models, tmp_path / "run", methods=("rad-q",), betas=(2.0, 8.0, 20.0), fluency_lm="none"),
+        on_batch=lambda s, b: calls.append(s.name),
+    )
+    assert calls == ["rad-q_b20"] * 3  # only the new β is sampled
+    assert "perplexity" not in extended["results"]["rad-q_b2"]  # rescored without the fluency judge
+    assert extended["results"]["rad-q_b2"]["avg_max_toxicity"] == report["results"]["rad-q_b2"]["avg_max_toxicity"]
+
+
+def test_accelerate_two_processes_match_one_process(models, tmp_path):
+    config = tiny_config(models, tmp_path / "x", methods=("none", "rad-q"), betas=(8.0,), prompts_per_batch=1)
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\nfrom rad_q_hf.evaluation import EvaluationConfig, run_evaluation\n"
+        f"options = {dict(vars(config))!r}\n"
+        "run_evaluation(EvaluationConfig(**{**options, 'output': sys.argv[1]}))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    for command, out in (([sys.executable], "single"), (launch, "sharded")):
+        result = subprocess.run([*command, str(script), str(tmp_path / out)], env=env, capture_output=True,
+                                text=True, timeout=600, cwd=tmp_path)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-4000:]
+    parts = sorted(p.name for p in (tmp_path / "sharded" / "generations" / "rad-q_b8").iterdir())
+    assert parts == ["part-0.jsonl", "part-1.jsonl"]  # both processes sampled
+    for name in ("none", "rad-q_b8"):
+        assert merged(tmp_path / "sharded", name) == merged(tmp_path / "single", name)
+    single = json.loads((tmp_path / "single" / "results.json").read_text())["results"]
+    sharded = json.loads((tmp_path / "sharded" / "results.json").read_text())["results"]
+    assert without_timing(sharded) == without_timing(single)
+
+
+def test_evaluate_cli(models, tmp_path, capsys):
+    argv = ["evaluate", "--task", "positive", "--method", "none,rad-q", "--beta", "4", "--num-prompts", "2",
+            "--samples-per-prompt", "2", "--max-new-tokens", "3", "--top-k", "5", "--prompts",
+            str(models / "prompts.jsonl"), "--lm", str(models / "lm"), "--rad-q-model", str(models / "rad-q"),
+            "--fluency-lm", "none", "--output", str(tmp_path / "cli")]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "positive rate" in out and "| RAD-Q | 4 |" in out
+    results = json.loads((tmp_path / "cli" / "results.json").read_text())
+    assert results["judges"] == {"sentiment": "vader", "fluency": "none"}
+    assert 0 <= results["results"]["rad-q_b4"]["positive_rate"] <= 1
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--toxicity-judge", "nope"], "Unknown toxicity judge 'nope'"),
+        (["--beta", "ten"], "--beta takes comma-separated numbers"),
+        (["--method", "rad-x"], r"Unknown method\(s\) \['rad-x'\]"),
+        (["--prompts", "missing.jsonl"], "No prompt file"),
+        (["--rad-q-model", "RV"], "is a rad_v model; it does not fit rad-q"),
+    ],
+)
+def test_evaluate_cli_errors(extra, message, models, tmp_path, capsys):
+    argv = ["evaluate", "--method", "rad-q", "--num-prompts", "1", "--samples-per-prompt", "1", "--max-new-tokens",
+            "2", "--prompts", str(models / "prompts.jsonl"), "--lm", str(models / "lm"), "--rad-q-model",
+            str(models / "rad-q"), "--fluency-lm", "none", "--output", str(tmp_path / "e")]  # fmt: skip
+    extra = [str(models / "rad-v") if e == "RV" else e for e in extra]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + extra)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "rad-q: error:" in err and re.search(message, err), err
