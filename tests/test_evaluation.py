@@ -80,8 +80,11 @@ def test_perplexity_metrics_drop_large_and_nan():
 def test_conditional_perplexity_matches_separate_forwards(tokenizer):
     torch.manual_seed(0)
     lm = LlamaForCausalLM(llama_config(len(tokenizer))).eval()
-    prompts = ["the movie was", "you are a kind"]
-    continuations = [[" great and the actors", " terrible"], [" and thoughtful person", " idiot"]]
+    prompts = ["the movie was", "you are a kind", "the mov"]
+    continuations = [[" great and the actors", " terrible"], [" and thoughtful person", " idiot"], ["ie was", "ie is great"]]
+    # "the mov" + "ie was" re-tokenizes across the boundary: the prompt's tokens are not a prefix of the whole's
+    p_ids, f_ids = tokenizer("the mov")["input_ids"], tokenizer("the movie was")["input_ids"]
+    assert f_ids[: len(p_ids)] != p_ids
     got = conditional_perplexity(lm, tokenizer, prompts, continuations, batch_size=3)
 
     def nll(text):  # summed NLL from the model's own loss, one unpadded sequence at a time

@@ -80,23 +80,40 @@ def perplexity_metrics(perplexities: list[list[float]], max_perplexity: float = 
 
 
 @torch.no_grad()
-def sequence_nll(model, sequences: list[list[int]], batch_size: int = 32) -> list[float]:
-    """Summed negative log-likelihood −Σ_{t≥1} log p(x_t | x_<t) of each token sequence (the first token is given)."""
+def sequence_nll(
+    model, sequences: list[list[int]], batch_size: int = 32, last: list[int] | None = None
+) -> list[float]:
+    """Summed negative log-likelihood of each token sequence: −Σ log p(x_t | x_<t) over its last `last[i]` tokens
+    (default all but the first, which is given).
+
+    Rows are left-padded (with explicit position ids) so that the scored tokens sit at the end of every row and the
+    LM head runs only on the last max(last) + 1 positions: with a 262k vocabulary (Gemma 3) the head dominates.
+    """
     device = next(model.parameters()).device
+    last = [len(s) - 1 for s in sequences] if last is None else last
     out = [0.0] * len(sequences)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths batch together
     for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+        idx = [i for i in order[start : start + batch_size] if last[i] > 0]
+        if not idx:
+            continue
         width = max(len(sequences[i]) for i in idx)
         ids = torch.zeros(len(idx), width, dtype=torch.long)
         mask = torch.zeros(len(idx), width, dtype=torch.long)
         for row, i in enumerate(idx):
-            ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
-            mask[row, : len(sequences[i])] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (b, T, V)
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]  # (b, T−1)
-        nll = -(logp * mask[:, 1:]).sum(-1)  # right padding: masked positions contribute nothing
+            ids[row, width - len(sequences[i]) :] = torch.tensor(sequences[i])
+            mask[row, width - len(sequences[i]) :] = 1
+        keep = max(last[i] for i in idx) + 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                       logits_to_keep=keep).logits[:, -keep:-1].float()  # (b, keep − 1, V)  # fmt: skip
+        targets = ids[:, width - keep + 1 :].to(device)  # (b, keep − 1): the tokens those positions predict
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
+        scored = (
+            torch.arange(keep - 1, device=device)
+            >= keep - 1 - torch.tensor([last[i] for i in idx], device=device)[:, None]
+        )
+        nll = -(logp * scored).sum(-1)  # (b,)
         for row, i in enumerate(idx):
             out[i] = nll[row].item()
     return out
@@ -108,19 +125,31 @@ def conditional_perplexity(
     """PPL = exp((NLL(prompt ⊕ continuation) − NLL(prompt)) / #continuation tokens) under a judge LM.
 
     `continuations[i]` are prompt i's samples. Both texts are tokenized the judge's usual way (its BOS included
-    where its tokenizer adds one); #continuation tokens = len(tokens(prompt ⊕ cont)) − len(tokens(prompt)). NLL(prompt)
-    is computed once per prompt. An empty continuation gives NaN.
+    where its tokenizer adds one); #continuation tokens = len(tokens(prompt ⊕ cont)) − len(tokens(prompt)). Where
+    the prompt's tokens are a prefix of the whole text's (almost always), the difference of NLLs is the NLL of the
+    last #continuation tokens, computed from one forward; otherwise both NLLs are computed. An empty continuation
+    gives NaN.
     """
     prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
-    full_ids = [[tokenizer(p + c)["input_ids"] for c in row] for p, row in zip(prompts, continuations, strict=True)]
-    prompt_nll = sequence_nll(model, prompt_ids, batch_size)
-    flat = [ids for row in full_ids for ids in row]
-    flat_nll = iter(sequence_nll(model, flat, batch_size))
-    out = []
-    for p_ids, p_nll, row in zip(prompt_ids, prompt_nll, full_ids, strict=True):
-        ppl = []
-        for ids in row:
-            nll, n = next(flat_nll), len(ids) - len(p_ids)
-            ppl.append(math.exp(min((nll - p_nll) / n, 700.0)) if n > 0 else math.nan)
-        out.append(ppl)
+    seqs, last, plan = [], [], []  # plan: per sample, (index of its NLL, index of the prompt's NLL or None, n)
+    for p_ids, p, row in zip(prompt_ids, prompts, continuations, strict=True):
+        for c in row:
+            ids = tokenizer(p + c)["input_ids"]
+            n = len(ids) - len(p_ids)
+            if ids[: len(p_ids)] == p_ids:
+                plan.append((len(seqs), None, n))
+                seqs.append(ids), last.append(max(n, 0))
+            else:  # the boundary re-tokenized: NLL(prompt ⊕ cont) − NLL(prompt) in full
+                plan.append((len(seqs), len(seqs) + 1, n))
+                seqs += [ids, p_ids]
+                last += [len(ids) - 1, len(p_ids) - 1]
+    nll = sequence_nll(model, seqs, batch_size, last)
+    flat = []
+    for full, prompt, n in plan:
+        value = nll[full] - (nll[prompt] if prompt is not None else 0.0)
+        flat.append(math.exp(min(value / n, 700.0)) if n > 0 else math.nan)
+    out, start = [], 0
+    for row in continuations:
+        out.append(flat[start : start + len(row)])
+        start += len(row)
     return out
