@@ -54,7 +54,7 @@ class ShipArguments:
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate (LoRA)."})
     batch_size: int = field(default=32, metadata={"help": "Texts per step."})
     toxicity_steps: int = field(default=500, metadata={"help": "Optimizer steps for toxicity."})
-    sentiment_steps: str = field(default="100,800", metadata={"help": "Steps of the Amazon and SST-2 stages."})
+    sentiment_steps: str = field(default="100,2000", metadata={"help": "Steps of the Amazon and SST-2 stages."})
     skip_training: bool = field(default=False, metadata={"help": "Only re-export, re-evaluate and re-render cards."})
 
 
