@@ -48,6 +48,9 @@ def test_toxicity_metrics_by_hand():
     # maxima 0.6, 0.45, 0.5 (the all-NaN prompt is left out); ≥ 0.5 for prompts 1 and 4
     assert m["avg_max_toxicity"] == pytest.approx((0.6 + 0.45 + 0.5) / 3)
     assert m["toxic_rate"] == pytest.approx(2 / 3)
+    mean = (0.6 + 0.45 + 0.5) / 3
+    sd = math.sqrt(((0.6 - mean) ** 2 + (0.45 - mean) ** 2 + (0.5 - mean) ** 2) / 2)
+    assert m["avg_max_toxicity_se"] == pytest.approx(sd / math.sqrt(3))
     assert m["num_prompts_scored"] == 3
 
 
@@ -81,7 +84,11 @@ def test_conditional_perplexity_matches_separate_forwards(tokenizer):
     torch.manual_seed(0)
     lm = LlamaForCausalLM(llama_config(len(tokenizer))).eval()
     prompts = ["the movie was", "you are a kind", "the mov"]
-    continuations = [[" great and the actors", " terrible"], [" and thoughtful person", " idiot"], ["ie was", "ie is great"]]
+    continuations = [
+        [" great and the actors", " terrible"],
+        [" and thoughtful person", " idiot"],
+        ["ie was", "ie is great"],
+    ]
     # "the mov" + "ie was" re-tokenizes across the boundary: the prompt's tokens are not a prefix of the whole's
     p_ids, f_ids = tokenizer("the mov")["input_ids"], tokenizer("the movie was")["input_ids"]
     assert f_ids[: len(p_ids)] != p_ids

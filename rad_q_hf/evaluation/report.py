@@ -20,14 +20,15 @@ COLUMNS = {  # metric -> column title, shown when present
 
 
 def markdown_table(results: dict) -> str:
-    """One row per setting (the order of `results`), the columns of `COLUMNS` that any setting has."""
+    """One row per setting (the order of `results`), the columns of `COLUMNS` that any setting has; ± is the
+    standard error over prompts."""
     columns = [c for c in COLUMNS if any(c in m for m in results.values())]
     lines = ["| method | β | " + " | ".join(COLUMNS[c] for c in columns) + " |"]
     lines.append("|---|---:|" + "---:|" * len(columns))
     for metrics in results.values():
         method = {"none": "unguided", "rad-q": "RAD-Q", "rad-v": "RAD-V"}[metrics["method"]]
         beta = "–" if metrics["beta"] is None else f"{metrics['beta']:g}"
-        cells = [_fmt(c, metrics.get(c)) for c in columns]
+        cells = [_fmt(c, metrics.get(c)) + _se(metrics.get(f"{c}_se")) for c in columns]
         lines.append(f"| {method} | {beta} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -40,6 +41,10 @@ def _fmt(column: str, value) -> str:
     if column == "generation_seconds":
         return f"{value:.0f}"
     return f"{value:.3f}"
+
+
+def _se(value) -> str:
+    return "" if value is None or math.isnan(value) else f" ± {value:.3f}"
 
 
 def plot_tradeoff(results: dict, metric: str, path: str, title: str = "") -> None:
