@@ -302,8 +302,13 @@ def test_run_writes_metrics_table_and_plot(reference_run):
         toxicity_metrics(scores["toxicity"])["avg_max_toxicity"]
     )
     assert report["scored_text"]["toxicity"] == "continuation"
+    # RAD-Q − RAD-V at each β, paired over prompts
+    q = [max(row) for row in scores["toxicity"]]
+    v = [max(row) for row in json.loads((output / "scores" / "rad-v_b8.json").read_text())["toxicity"]]
+    paired = report["comparisons"]["rad-q_b8 − rad-v_b8"]
+    assert paired["mean_difference"] == pytest.approx(sum(q) / 5 - sum(v) / 5) and paired["num_prompts"] == 5
     table = (output / "results.md").read_text()
-    assert "| RAD-V | 8 |" in table and "| unguided | – |" in table
+    assert "| RAD-V | 8 |" in table and "| unguided | – |" in table and "rad-q β=8 − rad-v β=8" in table
     assert (output / "tradeoff_toxicity.png").stat().st_size > 5000
 
 

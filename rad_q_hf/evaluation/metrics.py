@@ -81,6 +81,26 @@ def distinct_n(continuations: list[list[str]], ns: tuple[int, ...] = (1, 2, 3)) 
     return {f"dist-{n}": _mean(values) for n, values in per_n.items()}
 
 
+def prompt_maxima(scores: list[list[float]]) -> list[float]:
+    """Per prompt, the maximum of its scored samples (NaN when none was scored)."""
+    return [max((s for s in row if not math.isnan(s)), default=math.nan) for row in scores]
+
+
+def prompt_positive_fractions(labels: list[list[str]]) -> list[float]:
+    return [sum(label == "POSITIVE" for label in row) / len(row) if row else math.nan for row in labels]
+
+
+def paired_difference(a: list[float], b: list[float]) -> dict:
+    """Mean of per-prompt differences a − b over the prompts both score, with its standard error: two methods run
+    on the same prompts, so the pairing removes the prompt-to-prompt variation.
+
+    >>> paired_difference([0.5, 0.25, float("nan")], [0.25, 0.25, 0.75])
+    {'mean_difference': 0.125, 'se': 0.125, 'num_prompts': 2}
+    """
+    d = [x - y for x, y in zip(a, b, strict=True) if not (math.isnan(x) or math.isnan(y))]
+    return {"mean_difference": _mean(d), "se": _sem(d), "num_prompts": len(d)}
+
+
 def perplexity_metrics(perplexities: list[list[float]], max_perplexity: float = 1e5) -> dict:
     """Mean conditional perplexity over all samples, dropping values ≥ `max_perplexity` (and NaN) first.
 

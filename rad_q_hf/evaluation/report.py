@@ -74,7 +74,7 @@ def plot_tradeoff(results: dict, metric: str, path: str, title: str = "") -> Non
     plt.close(fig)
 
 
-def write_report(config, results: dict, judges: dict) -> dict:
+def write_report(config, results: dict, judges: dict, comparisons: dict | None = None) -> dict:
     import torch
     import transformers
 
@@ -90,6 +90,7 @@ def write_report(config, results: dict, judges: dict) -> dict:
             "perplexity": "continuation given prompt",
         },  # fmt: skip
         "results": results,
+        "comparisons": comparisons or {},
         "versions": {
             "rad_q_hf": __version__,
             "transformers": transformers.__version__,
@@ -103,7 +104,14 @@ def write_report(config, results: dict, judges: dict) -> dict:
         f"# {config.task}: {config.num_prompts} prompts ({config.prompts}) × {config.samples_per_prompt} samples × "
         f"{config.max_new_tokens} tokens, top-k {config.top_k}, LM {config.lm}\n\nJudges: {judge_line}.\n\n"
     )
-    (out / "results.md").write_text(header + markdown_table(results))
+    paired = "".join(
+        f"\n- {name.replace('_b', ' β=')}: {c['metric']} difference {c['mean_difference']:+.3f} ± {c['se']:.3f} "
+        f"(paired over {c['num_prompts']} prompts)"
+        for name, c in (comparisons or {}).items()
+    )
+    (out / "results.md").write_text(
+        header + markdown_table(results) + (f"\nRAD-Q − RAD-V:{paired}\n" if paired else "")
+    )
     metric = "avg_max_toxicity" if config.task == "detox" else "positive_rate"
     guided = [m for m in results.values() if m["method"] != "none"]
     if len({m["beta"] for m in guided}) > 1 and all("perplexity" in m for m in results.values()):

@@ -24,7 +24,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .judges import check_judge_name
-from .metrics import distinct_n, perplexity_metrics, sentiment_metrics, toxicity_metrics
+from .metrics import (
+    distinct_n,
+    paired_difference,
+    perplexity_metrics,
+    prompt_maxima,
+    prompt_positive_fractions,
+    sentiment_metrics,
+    toxicity_metrics,
+)
 from .perspective import API_KEY_ENV
 from .prompts import DEFAULT_PROMPTS, load_prompts
 
@@ -349,11 +357,22 @@ def run_evaluation(config: EvaluationConfig, on_batch=None) -> dict | None:
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    judges, results = Judges(config), {}
+    judges, results, per_prompt = Judges(config), {}, {}
     for setting in config.settings():
         rows = merge_generations(setting, len(prompts), config.output)
-        results[setting.name] = setting_metrics(setting, rows, score_setting(setting, rows, judges, config.output))
-    return write_report(config, results, judges.names())
+        scores = score_setting(setting, rows, judges, config.output)
+        results[setting.name] = setting_metrics(setting, rows, scores)
+        per_prompt[setting.name] = (
+            prompt_maxima(_null_to_nan(scores["toxicity"])) if "toxicity" in scores
+            else prompt_positive_fractions(scores["sentiment"])
+        )  # fmt: skip
+    comparisons = {}
+    for beta in config.betas:  # the paper's claim: RAD-Q on par with RAD-V at the same β
+        q, v = Setting("rad-q", float(beta)).name, Setting("rad-v", float(beta)).name
+        if q in per_prompt and v in per_prompt:
+            metric = "avg_max_toxicity" if config.task == "detox" else "positive_rate"
+            comparisons[f"{q} − {v}"] = {"metric": metric, **paired_difference(per_prompt[q], per_prompt[v])}
+    return write_report(config, results, judges.names(), comparisons)
 
 
 def _done(config: EvaluationConfig, setting: Setting) -> set[int]:
