@@ -356,20 +356,19 @@ def test_more_betas_and_other_judges_reuse_the_samples(models, reference_run, tm
 
 
 def test_accelerate_two_processes_match_one_process(models, tmp_path):
-    config = tiny_config(models, tmp_path / "x", methods=("none", "rad-q"), betas=(8.0,), prompts_per_batch=1)
-    script = tmp_path / "run.py"
-    script.write_text(
-        "import sys\nfrom rad_q_hf.evaluation import EvaluationConfig, run_evaluation\n"
-        f"options = {dict(vars(config))!r}\n"
-        "run_evaluation(EvaluationConfig(**{**options, 'output': sys.argv[1]}))\n"
-    )
+    # the README's line: `accelerate launch --multi_gpu --num_processes 2 -m rad_q_hf.cli evaluate ...`
+    argv = ["evaluate", "--method", "none,rad-q", "--beta", "8", "--num-prompts", "5", "--samples-per-prompt", "3",
+            "--max-new-tokens", "4", "--top-k", "5", "--prompts", str(models / "prompts.jsonl"), "--lm",
+            str(models / "lm"), "--rad-q-model", str(models / "rad-q"), "--fluency-lm", str(models / "judge"),
+            "--prompts-per-batch", "1"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
-    for command, out in (([sys.executable], "single"), (launch, "sharded")):
-        result = subprocess.run([*command, str(script), str(tmp_path / out)], env=env, capture_output=True,
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rad_q_hf.cli"]  # fmt: skip
+    for command, out in (([sys.executable, "-m", "rad_q_hf.cli"], "single"), (launch, "sharded")):
+        result = subprocess.run([*command, *argv, "--output", str(tmp_path / out)], env=env, capture_output=True,
                                 text=True, timeout=600, cwd=tmp_path)  # fmt: skip
         assert result.returncode == 0, result.stderr[-4000:]
+        assert result.stdout.count("| RAD-Q | 8 |") == 1  # the table is printed once, by the main process
     parts = sorted(p.name for p in (tmp_path / "sharded" / "generations" / "rad-q_b8").iterdir())
     assert parts == ["part-0.jsonl", "part-1.jsonl"]  # both processes sampled
     for name in ("none", "rad-q_b8"):
