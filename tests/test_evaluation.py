@@ -398,7 +398,7 @@ def test_evaluate_cli(models, tmp_path, capsys):
         (["--beta", "ten"], "--beta takes comma-separated numbers"),
         (["--method", "rad-x"], r"Unknown method\(s\) \['rad-x'\]"),
         (["--prompts", "missing.jsonl"], "No prompt file"),
-        (["--rad-q-model", "RV"], "is a rad_v model; it does not fit rad-q"),
+        (["--rad-q-model", "RV"], "is a rad_v model; it does not fit --method rad-q"),
     ],
 )
 def test_evaluate_cli_errors(extra, message, models, tmp_path, capsys):

@@ -132,7 +132,9 @@ def load_reward_model(name: str, method: str, device: str = "cpu"):
     model = AutoModel.from_pretrained(path).to(device).eval()
     kind = {"rad_q": "rad-q", "rad_v": "rad-v"}.get(model.config.model_type)
     if kind != method:
-        raise EvaluationError(f"Reward model {name} is a {model.config.model_type} model; it does not fit {method}.")
+        raise EvaluationError(
+            f"Reward model {name} is a {model.config.model_type} model; it does not fit --method {method}."
+        )
     return model
 
 
