@@ -173,7 +173,7 @@ def generate_setting(setting: Setting, prompts: list[str], lm, tokenizer, reward
     from ..decoding import RADQ, RADV
 
     folder = Path(config.output) / "generations" / setting.name
-    done = {row["index"] for part in folder.glob("part-*.jsonl") for row in read_rows(part)}
+    done = _done(config, setting)
     part = folder / f"part-{state.process_index}.jsonl"
     read_rows(part, repair=True)
     batches = list(enumerate(_batches(len(prompts), config.prompts_per_batch)))
@@ -347,7 +347,7 @@ def run_evaluation(config: EvaluationConfig, on_batch=None) -> dict | None:
     tokenizer = AutoTokenizer.from_pretrained(lm_path, padding_side="left")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    todo = [s for s in config.settings() if not all(i in _done(config, s) for i in range(len(prompts)))]
+    todo = [s for s in config.settings() if not set(range(len(prompts))) <= _done(config, s)]
     # reward models load (and are checked) before any sampling: a wrong one should not surface an hour in
     reward_models = {m: load_reward_model(config.reward_model_name(m), m, config.device)
                      for m in dict.fromkeys(s.method for s in todo) if m != "none"}  # fmt: skip
