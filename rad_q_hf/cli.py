@@ -115,6 +115,13 @@ def _load_reward_model(args, device):
     return load_reward_model(name, args.method, device)
 
 
+def _check_device(device: str) -> None:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda, but CUDA is not available here; use --device cpu.")
+
+
 def generate(args) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -124,8 +131,7 @@ def generate(args) -> None:
 
     if args.num_samples < 1 or args.max_new_tokens < 1 or args.top_k < 1:
         raise CLIError("--num-samples, --max-new-tokens and --top-k must be ≥ 1.")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda, but CUDA is not available here; use --device cpu.")
+    _check_device(args.device)
     lm_path = resolve(args.lm) if is_embedded(args.lm) else args.lm
     tokenizer = AutoTokenizer.from_pretrained(lm_path, padding_side="left")
     lm = AutoModelForCausalLM.from_pretrained(lm_path).to(args.device).eval()
@@ -197,13 +203,11 @@ def rank(args) -> None:
     from .analysis import plot_spectra, reward_matrix, spectrum_stats
     from .checkpoints import default_checkpoint, shipped_models
     from .embedded import is_embedded, resolve
+    from .evaluation import load_prompts
 
     if args.num_prefixes < 1 or args.top_k < 1 or args.continuation_tokens < 0:
         raise CLIError("--num-prefixes and --top-k must be ≥ 1, --continuation-tokens ≥ 0.")
-    prompts = DEFAULT_PROMPTS
-    if args.prompts_file:
-        rows = [json.loads(line) for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
-        prompts = [r["prompt"]["text"] if isinstance(r.get("prompt"), dict) else r["text"] for r in rows]
+    prompts = load_prompts(args.prompts_file) if args.prompts_file else DEFAULT_PROMPTS
     lm_path = resolve(args.lm) if is_embedded(args.lm) else args.lm
     tokenizer = AutoTokenizer.from_pretrained(lm_path)
     lm = AutoModelForCausalLM.from_pretrained(lm_path).eval()
@@ -270,11 +274,7 @@ def evaluate(args) -> None:
         betas = tuple(float(b) for b in args.beta.split(","))
     except ValueError as error:
         raise CLIError(f"--beta takes comma-separated numbers, got {args.beta!r}.") from error
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise CLIError("--device cuda, but CUDA is not available here; use --device cpu.")
+    _check_device(args.device)
     config = EvaluationConfig(
         task=args.task, methods=tuple(m.strip() for m in args.method.split(",")), betas=betas,
         num_prompts=args.num_prompts, samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,

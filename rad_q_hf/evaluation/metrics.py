@@ -181,8 +181,13 @@ def conditional_perplexity(
     for full, prompt, n in plan:
         value = nll[full] - (nll[prompt] if prompt is not None else 0.0)
         flat.append(math.exp(min(value / n, 700.0)) if n > 0 else math.nan)
+    return regroup(flat, [len(row) for row in continuations])
+
+
+def regroup(flat: list, sizes: list[int]) -> list[list]:
+    """Cut a flat list of per-sample values back into per-prompt lists of the given sizes."""
     out, start = [], 0
-    for row in continuations:
-        out.append(flat[start : start + len(row)])
-        start += len(row)
+    for n in sizes:
+        out.append(flat[start : start + n])
+        start += n
     return out

@@ -30,6 +30,7 @@ from .metrics import (
     perplexity_metrics,
     prompt_maxima,
     prompt_positive_fractions,
+    regroup,
     sentiment_metrics,
     toxicity_metrics,
 )
@@ -209,12 +210,17 @@ def generate_setting(setting: Setting, prompts: list[str], lm, tokenizer, reward
             on_batch(setting, b)
 
 
-def merge_generations(setting: Setting, num_prompts: int, output: str) -> list[dict]:
-    folder = Path(output) / "generations" / setting.name
+def _on_disk(output: str, setting: Setting) -> dict[int, dict]:
+    """Prompt index -> its row, over every process's part file of a setting (complete lines only)."""
     rows = {}
-    for part in sorted(folder.glob("part-*.jsonl")):
+    for part in sorted((Path(output) / "generations" / setting.name).glob("part-*.jsonl")):
         for row in read_rows(part):
             rows.setdefault(row["index"], row)
+    return rows
+
+
+def merge_generations(setting: Setting, num_prompts: int, output: str) -> list[dict]:
+    rows = _on_disk(output, setting)
     missing = [i for i in range(num_prompts) if i not in rows]
     if missing:
         raise EvaluationError(f"{setting.name}: prompts {missing[:10]} have no samples (a process failed?); re-run.")
@@ -248,14 +254,6 @@ class Judges:
         return self._cache[kind]
 
 
-def _regroup(flat: list, sizes: list[int]) -> list[list]:
-    out, start = [], 0
-    for n in sizes:
-        out.append(flat[start : start + n])
-        start += n
-    return out
-
-
 def score_setting(setting: Setting, rows: list[dict], judges: Judges, output: str) -> dict:
     """Per-sample judge outputs for a setting, cached in `scores/<setting>.json` (NaN stored as null)."""
     path = Path(output) / "scores" / f"{setting.name}.json"
@@ -269,10 +267,10 @@ def score_setting(setting: Setting, rows: list[dict], judges: Judges, output: st
     flat = [c for row in conts for c in row]
     scores = {"judges": judges.names(), "prompts": prompts, "continuations": conts}
     if "toxicity" in scores["judges"]:  # the continuation alone is scored, as DExperts / RAD do
-        scores["toxicity"] = _regroup(judges.get("toxicity").score(flat), sizes)
+        scores["toxicity"] = regroup(judges.get("toxicity").score(flat), sizes)
     if "sentiment" in scores["judges"]:  # prompt + continuation, as the papers do
         whole = [p + c for p, row in zip(prompts, conts, strict=True) for c in row]
-        scores["sentiment"] = _regroup(judges.get("sentiment").classify(whole), sizes)
+        scores["sentiment"] = regroup(judges.get("sentiment").classify(whole), sizes)
     if scores["judges"]["fluency"] != "none":
         scores["perplexity"] = judges.get("fluency").perplexities(prompts, conts)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -378,5 +376,4 @@ def run_evaluation(config: EvaluationConfig, on_batch=None) -> dict | None:
 
 
 def _done(config: EvaluationConfig, setting: Setting) -> set[int]:
-    folder = Path(config.output) / "generations" / setting.name
-    return {row["index"] for part in folder.glob("part-*.jsonl") for row in read_rows(part)}
+    return set(_on_disk(config.output, setting))
