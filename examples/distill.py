@@ -13,9 +13,10 @@ from transformers import HfArgumentParser
 
 import rad_q_hf  # noqa: F401  (registers the Auto classes)
 from rad_q_hf.training import DistillationConfig
-from rad_q_hf.training.scripts import DataArguments, DistillArguments, ModelArguments, distill
+from rad_q_hf.training.scripts import DataArguments, DistillArguments, ModelArguments, distill, end_distributed
 
 if __name__ == "__main__":
     parser = HfArgumentParser((DistillArguments, ModelArguments, DataArguments, DistillationConfig))
     extra, model_args, data_args, training_args = parser.parse_args_into_dataclasses()
     distill(model_args, data_args, training_args, extra.teacher, extra.task, extra.base_model)
+    end_distributed()

@@ -15,8 +15,9 @@ from transformers import HfArgumentParser
 
 import rad_q_hf  # noqa: F401  (registers the Auto classes)
 from rad_q_hf.training import RewardTrainingConfig
-from rad_q_hf.training.scripts import DataArguments, ModelArguments, train_toxicity
+from rad_q_hf.training.scripts import DataArguments, ModelArguments, end_distributed, train_toxicity
 
 if __name__ == "__main__":
     parser = HfArgumentParser((ModelArguments, DataArguments, RewardTrainingConfig))
     train_toxicity(*parser.parse_args_into_dataclasses())
+    end_distributed()

@@ -14,8 +14,9 @@ from transformers import HfArgumentParser
 
 import rad_q_hf  # noqa: F401  (registers the Auto classes)
 from rad_q_hf.training import RewardTrainingConfig
-from rad_q_hf.training.scripts import DataArguments, ModelArguments, train_sentiment
+from rad_q_hf.training.scripts import DataArguments, ModelArguments, end_distributed, train_sentiment
 
 if __name__ == "__main__":
     parser = HfArgumentParser((ModelArguments, DataArguments, RewardTrainingConfig))
     train_sentiment(*parser.parse_args_into_dataclasses())
+    end_distributed()

@@ -300,11 +300,13 @@ def train(what: str, argv: list[str]) -> None:
         parser.prog = "rad-q train distill"
         d, model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
         scripts.distill(model_args, data_args, training_args, d.teacher, d.task, d.base_model)
+        scripts.end_distributed()
         return
     parser = HfArgumentParser((scripts.ModelArguments, scripts.DataArguments, RewardTrainingConfig))
     parser.prog = f"rad-q train {what}"
     run = scripts.train_toxicity if what == "toxicity" else scripts.train_sentiment
     run(*parser.parse_args_into_dataclasses(argv))
+    scripts.end_distributed()
 
 
 if __name__ == "__main__":

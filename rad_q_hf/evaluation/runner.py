@@ -334,7 +334,6 @@ def run_evaluation(config: EvaluationConfig, on_batch=None) -> dict | None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..embedded import is_embedded, resolve
-    from .report import write_report
 
     state = PartialState(cpu=config.device == "cpu")
     prompts = load_prompts(config.prompts, config.num_prompts)
@@ -355,8 +354,15 @@ def run_evaluation(config: EvaluationConfig, on_batch=None) -> dict | None:
             reward_model = reward_models.get(setting.method)
             generate_setting(setting, prompts, lm, tokenizer, reward_model, config, state, on_batch)
     state.wait_for_everyone()
-    if not state.is_main_process:
-        return None
+    report = _score_and_report(config, prompts) if state.is_main_process else None
+    state.wait_for_everyone()
+    state.destroy_process_group()  # an open group at exit can abort a rank after the work is done
+    return report
+
+
+def _score_and_report(config: EvaluationConfig, prompts: list[str]) -> dict:
+    from .report import write_report
+
     judges, results, per_prompt = Judges(config), {}, {}
     for setting in config.settings():
         rows = merge_generations(setting, len(prompts), config.output)

@@ -206,6 +206,16 @@ def per_source_metrics(model, tokenizer, ds, max_length: int = 128, batch_size: 
     return out
 
 
+def end_distributed() -> None:
+    """Leave the process group cleanly once every process is done: exiting with it still open can abort a rank
+    ("terminate called without an active exception") after the work has finished, failing the launcher."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    state.wait_for_everyone()
+    state.destroy_process_group()
+
+
 def train_toxicity(model_args: ModelArguments, data_args: DataArguments, training_args: RewardTrainingConfig):
     """RAD-V or RAD-Q toxicity reward model (labels: `toxicity`, or the 7 Jigsaw attributes)."""
     if data_args.train_file:
@@ -298,6 +308,7 @@ def distill(
 
 
 __all__ = [
+    "end_distributed",
     "DataArguments",
     "DistillArguments",
     "ModelArguments",
