@@ -394,3 +394,31 @@ def test_per_source_metrics_match_per_text_scores(tokenizer):
     assert metrics["a"]["n"] == 3 and metrics["all"]["n"] == 4
     assert metrics["a"]["mse"] == pytest.approx(float((preds[a] - labels[a]).pow(2).mean()), rel=1e-4)
     assert metrics["all"]["accuracy"] == pytest.approx(float(((preds >= 0.5) == (labels >= 0.5)).float().mean()))
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("kind", ["rad_v", "rad_q"])
+def test_head_learning_rate_moves_heads_at_their_own_rate(kind, lora, tmp_path):
+    # Adam's first step moves every parameter with a gradient by ±lr exactly (m̂/√v̂ = sign g), so the step sizes
+    # read back the learning rate each group got.
+    model = build_reward_model(kind, "gpt2", VOCAB)
+    config = args(tmp_path, max_steps=1, learning_rate=1e-3, head_learning_rate=1e-5, weight_decay=0.0)
+    trainer = RewardRegressionTrainer(
+        model, config, train_dataset=make_data(8), peft_config=lora_config(r=4, alpha=8) if lora else None
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trainer.train()
+    steps = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters() if n in before}
+    heads = {n: s for n, s in steps.items() if n.split(".")[0].endswith("_head")}
+    others = {n: s for n, s in steps.items() if n not in heads}
+    assert heads and others
+    assert all(s == pytest.approx(1e-5, rel=1e-3) for s in heads.values()), heads
+    assert max(others.values()) == pytest.approx(1e-3, rel=1e-3), others
+    assert sum(len(g["params"]) for g in trainer.optimizer.param_groups) == sum(
+        p.requires_grad for p in model.parameters()
+    )
+
+
+def test_head_learning_rate_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="head_learning_rate"):
+        args(tmp_path, head_learning_rate=0.0)

@@ -50,7 +50,18 @@ class RewardTrainingConfig(TrainingArguments):
         },
     )
 
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the reward heads (RAD-Q's W and b, RAD-V's value head); default: "
+            "`learning_rate`. RAD-Q's bilinear eᵀWh moves by ~lr·‖e‖₁‖h‖₁ per Adam step, so with LoRA-sized rates "
+            "its W wants a far smaller one than the adapters."
+        },
+    )
+
     def __post_init__(self):
+        if self.head_learning_rate is not None and self.head_learning_rate <= 0:
+            raise ValueError(f"`head_learning_rate` must be > 0, got {self.head_learning_rate}.")
         if self.regularizer_weight < 0:
             raise ValueError(f"`regularizer_weight` must be ≥ 0, got {self.regularizer_weight}.")
         if self.remove_unused_columns:

@@ -17,6 +17,7 @@ from transformers import EvalPrediction, Trainer
 from ..data import DataError, RewardDataCollator
 from ..modeling_rad_v import cumulative_mse_loss
 from .adapters import (
+    HEADS,
     LORA_CONFIG_NAME,
     TRAINABLE_STATE_NAME,
     apply_lora,
@@ -188,6 +189,33 @@ class RewardRegressionTrainer(Trainer):
             losses["prior"] = baseline_prior(out, mask)
             losses["loss"] = losses["loss"] + c * losses["prior"]
         return losses
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer, with the heads in groups of their own when `args.head_learning_rate` is set.
+
+        The scheduler scales each group's own initial rate, so heads and backbone share warm-up and decay.
+        """
+        if self.optimizer is not None or self.args.head_learning_rate is None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups = {}  # (is_head, decays) -> params
+        for name, param in opt_model.named_parameters():
+            if param.requires_grad:
+                groups.setdefault((name.split(".")[0] in HEADS, name in decay), []).append(param)
+        optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(
+            [
+                {
+                    "params": params,
+                    "weight_decay": self.args.weight_decay if decays else 0.0,
+                    "lr": self.args.head_learning_rate if head else self.args.learning_rate,
+                }
+                for (head, decays), params in groups.items()
+            ],
+            **kwargs,
+        )
+        return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         losses = self._losses(model, inputs)
