@@ -340,6 +340,25 @@ def test_rerun_with_other_sampling_settings_is_refused(models, reference_run):
         run_evaluation(tiny_config(models, output, seed=1))
 
 
+def test_rerun_with_retrained_reward_model_is_refused_until_its_samples_go(models, tmp_path, tokenizer):
+    import shutil
+
+    rad_q = tmp_path / "rad-q"
+    shutil.copytree(models / "rad-q", rad_q)
+    config = tiny_config(models, tmp_path / "run", methods=("none", "rad-q"), betas=(2.0,), rad_q_model=str(rad_q))
+    run_evaluation(config)
+    retrained = build_reward_model("rad_q", "llama", len(tokenizer), labels=("toxicity",), seed=7)
+    retrained.save_pretrained(rad_q)  # other weights under the same folder name
+    with pytest.raises(EvaluationError, match=r"weights of .*rad-q changed .*\['rad-q_b2'\]"):
+        run_evaluation(config)
+    shutil.rmtree(tmp_path / "run" / "generations" / "rad-q_b2")
+    (tmp_path / "run" / "generations" / "rad-q_b2.jsonl").unlink()
+    calls = []
+    run_evaluation(config, on_batch=lambda s, b: calls.append(s.name))
+    assert calls == ["rad-q_b2"] * 3  # only the deleted setting is sampled again, with the new weights
+    assert run_evaluation(config)["results"]["rad-q_b2"]["num_prompts"] == 5  # and the run goes on from there
+
+
 def test_more_betas_and_other_judges_reuse_the_samples(models, reference_run, tmp_path):
     import shutil
 

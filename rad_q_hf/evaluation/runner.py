@@ -2,7 +2,8 @@
 
 Layout of an output folder:
 
-    config.json                       the run's settings; a re-run must agree on everything that shapes the samples
+    config.json                       the run's settings and model fingerprints; a re-run must agree on everything
+                                      that shapes the samples
     generations/<setting>/part-<rank>.jsonl   appended one prompt batch at a time as generation goes
     generations/<setting>.jsonl       all prompts of a setting, merged in prompt order
     scores/<setting>.json             per-sample judge outputs (reused while the judges stay the same)
@@ -13,6 +14,7 @@ process b mod world_size, so a run's samples do not depend on the number of proc
 run was interrupted.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -310,18 +312,49 @@ def setting_metrics(setting: Setting, rows: list[dict], scores: dict) -> dict:
 # the run
 
 
+def weights_fingerprint(name: str) -> str:
+    """What identifies the weights behind a model name: a digest of a shipped reward model's delta or of a folder's
+    weight files (so a folder or shipped model retrained under the same name is noticed); a Hub id or embedded name
+    stands for itself."""
+    from ..checkpoints import SHIPPED_DIR, shipped_models
+
+    folder = SHIPPED_DIR / name if name in shipped_models() else Path(name)
+    files = (
+        sorted(f for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern)) if folder.is_dir() else []
+    )
+    if not files:
+        return name
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as handle:
+            digest.update(f.name.encode() + hashlib.file_digest(handle, "sha256").digest())
+    return f"{name}@{digest.hexdigest()[:12]}"
+
+
 def _check_resume(config: EvaluationConfig) -> None:
     path = Path(config.output) / "config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        changed = [k for k in _SAMPLING_FIELDS if old.get(k) != asdict(config)[k]]
-        if changed:
+    models = {"lm": config.lm} | {m: config.reward_model_name(m) for m in config.methods if m != "none"}
+    fingerprints = {key: weights_fingerprint(name) for key, name in models.items()}
+    old = json.loads(path.read_text()) if path.exists() else {}
+    changed = [k for k in _SAMPLING_FIELDS if k in old and old[k] != asdict(config)[k]]
+    if changed:
+        raise EvaluationError(
+            f"{config.output} holds a run with other {changed} ({[old.get(k) for k in changed]}); resuming would "
+            "mix samples. Use another --output, or the same settings."
+        )
+    stored = old.get("fingerprints", {})
+    for key, fingerprint in fingerprints.items():
+        pattern = "*" if key == "lm" else f"{key}_b*"  # the samples drawn with this model
+        drawn = sorted(p.name for p in (Path(config.output) / "generations").glob(pattern) if p.is_dir())
+        if stored.get(key, fingerprint) != fingerprint and drawn:
             raise EvaluationError(
-                f"{config.output} holds a run with other {changed} ({[old.get(k) for k in changed]}); resuming would "
-                "mix samples. Use another --output, or the same settings."
+                f"The weights of {models[key]} changed since {config.output} sampled {drawn} with it "
+                f"({stored[key]} -> {fingerprint}); resuming would mix models. Use another --output, or delete "
+                f"those settings' folders and .jsonl files under generations/ to redo them."
             )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(config), indent=2) + "\n")
+    record = asdict(config) | {"fingerprints": stored | fingerprints}
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def run_evaluation(config: EvaluationConfig, on_batch=None) -> dict | None:
