@@ -302,6 +302,8 @@ def test_run_writes_metrics_table_and_plot(reference_run):
         toxicity_metrics(scores["toxicity"])["avg_max_toxicity"]
     )
     assert report["scored_text"]["toxicity"] == "continuation"
+    assert sorted(report["model_fingerprints"]) == ["lm", "rad-q", "rad-v"]
+    assert all("@" in f for f in report["model_fingerprints"].values())  # folders: name@digest of their weights
     # RAD-Q − RAD-V at each β, paired over prompts
     q = [max(row) for row in scores["toxicity"]]
     v = [max(row) for row in json.loads((output / "scores" / "rad-v_b8.json").read_text())["toxicity"]]

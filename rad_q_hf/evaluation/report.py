@@ -81,9 +81,13 @@ def write_report(config, results: dict, judges: dict, comparisons: dict | None =
     from .. import __version__
 
     out = Path(config.output)
+    fingerprints = (
+        json.loads((out / "config.json").read_text()).get("fingerprints", {}) if (out / "config.json").exists() else {}
+    )
     report = {
         "config": asdict(config),
         "judges": judges,
+        "model_fingerprints": fingerprints,  # which weights drew the samples
         "scored_text": {
             "toxicity": "continuation",
             "sentiment": "prompt + continuation",
