@@ -62,8 +62,8 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
     >>> rm = RadQForRewardModeling(RadQConfig(backbone_config=backbone))
     >>> prompt = torch.tensor([[5, 6, 7]])
     >>> out = lm.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, max_new_tokens=4,
-    ...                   logits_processor=[RADQ(rm, beta=10.0, top_k=5)], pad_token_id=1)
-    >>> out.shape
+    ...                   min_new_tokens=4, logits_processor=[RADQ(rm, beta=10.0, top_k=5)], pad_token_id=1)
+    >>> out.shape  # the prompt + 4 new tokens (min_new_tokens: the random LM may not stop early at EOS)
     torch.Size([1, 7])
 
     ```
