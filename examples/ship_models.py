@@ -115,9 +115,9 @@ def ship(name: str, a: ShipArguments) -> None:
         command=f"python examples/ship_models.py --data_dir {a.data_dir} --only {name}",
         hyperparameters=(
             f"LoRA r={a.lora_r}, alpha={2 * a.lora_r} on {LORA_TARGETS} of the first {a.num_layers} layers; heads "
-            f"trained fully{heads_lr}; AdamW (0.9, 0.95), eps 1e-12, wd 0.01, clip 2.0, lr {a.learning_rate:g} linear with 30 "
-            f"warm-up steps, batch {a.batch_size}, steps {steps}, max length {data_args.max_length} tokens, seed 1, "
-            "fp32, CPU"
+            f"trained fully{heads_lr}; AdamW (0.9, 0.95), eps 1e-12, wd 0.01, clip 2.0, lr {a.learning_rate:g} linear "
+            f"with 30 warm-up steps, batch {a.batch_size}, steps {steps}, max length {data_args.max_length} tokens, "
+            "seed 1, fp32, CPU"
         ),
         num_layers=a.num_layers, delta_mb=delta_mb, per_source=per_source,
         lora_r=f"{a.lora_r} per stage, stacked to {2 * a.lora_r}" if earlier else str(a.lora_r),

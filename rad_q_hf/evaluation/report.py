@@ -74,20 +74,19 @@ def plot_tradeoff(results: dict, metric: str, path: str, title: str = "") -> Non
     plt.close(fig)
 
 
-def write_report(config, results: dict, judges: dict, comparisons: dict | None = None) -> dict:
+def write_report(
+    config, results: dict, judges: dict, comparisons: dict | None = None, fingerprints: dict | None = None
+) -> dict:
     import torch
     import transformers
 
     from .. import __version__
 
     out = Path(config.output)
-    fingerprints = (
-        json.loads((out / "config.json").read_text()).get("fingerprints", {}) if (out / "config.json").exists() else {}
-    )
     report = {
         "config": asdict(config),
         "judges": judges,
-        "model_fingerprints": fingerprints,  # which weights drew the samples
+        "model_fingerprints": fingerprints or {},  # which weights drew the samples
         "scored_text": {
             "toxicity": "continuation",
             "sentiment": "prompt + continuation",

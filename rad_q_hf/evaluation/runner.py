@@ -331,7 +331,8 @@ def weights_fingerprint(name: str) -> str:
     return f"{name}@{digest.hexdigest()[:12]}"
 
 
-def _check_resume(config: EvaluationConfig) -> None:
+def _check_resume(config: EvaluationConfig) -> dict[str, str]:
+    """Refuse a resume that would mix samples; record the settings; return the weight fingerprints of the run."""
     path = Path(config.output) / "config.json"
     models = {"lm": config.lm} | {m: config.reward_model_name(m) for m in config.methods if m != "none"}
     fingerprints = {key: weights_fingerprint(name) for key, name in models.items()}
@@ -355,6 +356,7 @@ def _check_resume(config: EvaluationConfig) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     record = asdict(config) | {"fingerprints": stored | fingerprints}
     path.write_text(json.dumps(record, indent=2) + "\n")
+    return record["fingerprints"]
 
 
 def run_evaluation(config: EvaluationConfig, on_batch=None) -> dict | None:
@@ -370,8 +372,7 @@ def run_evaluation(config: EvaluationConfig, on_batch=None) -> dict | None:
 
     state = PartialState(cpu=config.device == "cpu")
     prompts = load_prompts(config.prompts, config.num_prompts)
-    if state.is_main_process:
-        _check_resume(config)
+    fingerprints = _check_resume(config) if state.is_main_process else None
     state.wait_for_everyone()
     lm_path = resolve(config.lm) if is_embedded(config.lm) else config.lm
     tokenizer = AutoTokenizer.from_pretrained(lm_path, padding_side="left")
@@ -387,13 +388,13 @@ def run_evaluation(config: EvaluationConfig, on_batch=None) -> dict | None:
             reward_model = reward_models.get(setting.method)
             generate_setting(setting, prompts, lm, tokenizer, reward_model, config, state, on_batch)
     state.wait_for_everyone()
-    report = _score_and_report(config, prompts) if state.is_main_process else None
+    report = _score_and_report(config, prompts, fingerprints) if state.is_main_process else None
     state.wait_for_everyone()
     state.destroy_process_group()  # an open group at exit can abort a rank after the work is done
     return report
 
 
-def _score_and_report(config: EvaluationConfig, prompts: list[str]) -> dict:
+def _score_and_report(config: EvaluationConfig, prompts: list[str], fingerprints: dict[str, str]) -> dict:
     from .report import write_report
 
     judges, results, per_prompt = Judges(config), {}, {}
@@ -411,7 +412,7 @@ def _score_and_report(config: EvaluationConfig, prompts: list[str]) -> dict:
         if q in per_prompt and v in per_prompt:
             metric = "avg_max_toxicity" if config.task == "detox" else "positive_rate"
             comparisons[f"{q} − {v}"] = {"metric": metric, **paired_difference(per_prompt[q], per_prompt[v])}
-    return write_report(config, results, judges.names(), comparisons)
+    return write_report(config, results, judges.names(), comparisons, fingerprints)
 
 
 def _done(config: EvaluationConfig, setting: Setting) -> set[int]:
