@@ -18,6 +18,11 @@ LORA_CONFIG_NAME = "lora_config.json"
 HEADS = ("value_head", "reward_head", "baseline_head")
 
 
+def is_head_parameter(name: str) -> bool:
+    """Whether a reward model's parameter name belongs to one of its heads (trained fully, never LoRA'd)."""
+    return name.split(".")[0] in HEADS
+
+
 def lora_config(
     r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules: Sequence[str] | str | None = None
 ) -> LoraConfig:
@@ -36,7 +41,7 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
         config.fan_in_fan_out = True  # GPT-2-style Conv1D stores weights transposed
     inject_adapter_in_model(config, model.backbone)
     for name, param in model.named_parameters():
-        param.requires_grad_(".lora_" in name or name.split(".")[0] in HEADS)
+        param.requires_grad_(".lora_" in name or is_head_parameter(name))
     return model
 
 
@@ -74,6 +79,7 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 __all__ = [
     "TRAINABLE_STATE_NAME",
     "apply_lora",
+    "is_head_parameter",
     "lora_config",
     "has_lora",
     "merged_state_dict",

@@ -17,11 +17,11 @@ from transformers import EvalPrediction, Trainer
 from ..data import DataError, RewardDataCollator
 from ..modeling_rad_v import cumulative_mse_loss
 from .adapters import (
-    HEADS,
     LORA_CONFIG_NAME,
     TRAINABLE_STATE_NAME,
     apply_lora,
     has_lora,
+    is_head_parameter,
     lora_config_of,
     merged_state_dict,
     trainable_state_dict,
@@ -202,7 +202,7 @@ class RewardRegressionTrainer(Trainer):
         groups = {}  # (is_head, decays) -> params
         for name, param in opt_model.named_parameters():
             if param.requires_grad:
-                groups.setdefault((name.split(".")[0] in HEADS, name in decay), []).append(param)
+                groups.setdefault((is_head_parameter(name), name in decay), []).append(param)
         optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(
             [
