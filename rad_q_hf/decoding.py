@@ -175,7 +175,7 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
                 if not continues
                 else scorer.step(input_ids[:, -1:], mask, beam_idx, cand)
             )
-            bonus += scorer.weight(r)
+            bonus += scorer.weight(r).to(bonus.device)  # the reward model may sit on another device
         new = cand_scores.float() + bonus
         if keep is not None:
             new = new.masked_fill(~keep, -math.inf)
