@@ -2,6 +2,8 @@
 
     python benchmarks/decode_speed.py                      # embedded SmolLM2-135M as LM, its first 6 layers as RM
     python benchmarks/decode_speed.py --device cuda --batch_sizes 1 8 32 --naive_batch_sizes 1 8 32
+    python benchmarks/decode_speed.py --device cuda --dtype bfloat16 --lm benchmarks/configs/llama-3.1-8b.json \
+        --reward_backbone benchmarks/configs/smollm2-135m.json --reward_layers 30   # random weights, real shapes
 
 One run measures, on the same LM and prompts: unguided top-k sampling, RAD-Q, RAD-V (batched, cached) and a naive
 RAD-V that re-encodes every candidate sequence without a cache (one batched call per step). It prints ms per
@@ -9,8 +11,14 @@ generated token (per step, whole batch), the ratio of each to unguided, peak mem
 same run from single cached forwards at mid-generation context:
     RAD-Q floor = 1 + t_RM(B rows) / t_LM(B rows)        RAD-V floor = 1 + t_RM(B·k rows) / t_LM(B rows)
 Writes JSON and a markdown table to --output_dir. Reward heads are untrained: speed does not depend on them.
+
+`--lm` / `--reward_backbone` may also be a config JSON (`benchmarks/configs/`): the model is then built with random
+weights directly on the device, and the prompts are random token ids (no tokenizer, no download). A reward backbone
+whose vocabulary differs from the LM's is given the LM's vocabulary size (RAD needs one vocabulary; the cost of the
+extra embedding rows is a gather, not a matmul).
 """
 
+import copy
 import json
 import math
 import statistics
@@ -22,9 +30,9 @@ from pathlib import Path
 
 import psutil
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, LogitsProcessor
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, LogitsProcessor
 
-from rad_q_hf import RADQ, RADV, RadQForRewardModeling, RadVForRewardModeling
+from rad_q_hf import RADQ, RADV, RadQConfig, RadQForRewardModeling, RadVConfig, RadVForRewardModeling
 from rad_q_hf.compat import cache_kwarg, output_cache
 from rad_q_hf.embedded import is_embedded, resolve
 
@@ -49,6 +57,13 @@ class BenchmarkArguments:
     new_tokens: int = field(default=64, metadata={"help": "Tokens generated per row."})
     repeats: int = field(default=1, metadata={"help": "Timed generate calls per cell (the median is kept)."})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda."})
+    reward_device: str | None = field(
+        default=None, metadata={"help": "Device of the reward models (default: --device); e.g. cpu beside a cuda LM."}
+    )
+    warmup: bool = field(
+        default=False, metadata={"help": "A short generate call per method before timing it (kernel autotuning)."}
+    )
+    name: str = field(default="", metadata={"help": "Suffix of the output files (decode_speed_<device>[_<name>])."})
     dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16."})
     output_dir: str = field(default="benchmarks/results", metadata={"help": "Where JSON and markdown go."})
 
@@ -65,8 +80,9 @@ class NaiveRADV(LogitsProcessor):
         top, cand = scores.topk(self.k, dim=-1)  # (N, k)
         mask = torch.cat([self.prompt_mask, self.prompt_mask.new_ones(N, P + 1 - self.prompt_mask.shape[1])], 1)
         seqs = torch.cat([input_ids.repeat_interleave(self.k, 0), cand.reshape(-1, 1)], 1)  # (N·k, P+1)
-        hidden, _ = self.rm.encode(seqs, mask.repeat_interleave(self.k, 0), use_cache=False)
-        r = self.rm.score_hidden(hidden[:, -1], label=0).view(N, self.k).float().clamp(0, 1)
+        mask = mask.repeat_interleave(self.k, 0)
+        hidden, _ = self.rm.encode(seqs.to(self.rm.device), mask.to(self.rm.device), use_cache=False)
+        r = self.rm.score_hidden(hidden[:, -1], label=0).view(N, self.k).float().clamp(0, 1).to(scores.device)
         return torch.full_like(scores, -math.inf).scatter(-1, cand, top + self.beta * r)
 
 
@@ -102,8 +118,8 @@ class PeakMemory:
             self.mib = max(self.peak - self.base, 0) / 2**20
 
 
-def sync(device):
-    if device == "cuda":
+def sync(device=None):
+    if torch.cuda.is_available():  # the LM or a reward model may be on the GPU whatever `device` says
         torch.cuda.synchronize()
 
 
@@ -116,27 +132,25 @@ def make_prompts(tokenizer, batch, length, device):
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
+def random_prompts(vocab_size, batch, length, device, pad_id):
+    """Random token ids, rows of lengths L, L-1, L-2, L-3 left-padded with `pad_id` (random weights need no text)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, min(vocab_size, 32000), (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    for i in range(batch):
+        ids[i, : i % 4], mask[i, : i % 4] = pad_id, 0
+    return ids.to(device), mask.to(device)
+
+
 def time_generate(lm, ids, mask, args, processor_factory, eos_id):
+    if args.warmup:  # first calls of new shapes pay for cuBLAS/kernel selection: not part of decoding cost
+        run_generate(lm, ids, mask, args, processor_factory, eos_id, min(4, args.new_tokens))
     times, mems = [], []
     for _ in range(args.repeats):
-        processors = [processor_factory()] if processor_factory else []
-        torch.manual_seed(0)
         with PeakMemory(args.device) as mem:
             sync(args.device)
             t0 = time.perf_counter()
-            out = lm.generate(
-                ids,
-                attention_mask=mask,
-                do_sample=True,
-                top_k=args.top_k if not processors else 0,
-                temperature=1.0,
-                top_p=1.0,
-                max_new_tokens=args.new_tokens,
-                min_new_tokens=args.new_tokens,
-                logits_processor=processors,
-                pad_token_id=eos_id,
-                eos_token_id=eos_id,
-            )
+            out = run_generate(lm, ids, mask, args, processor_factory, eos_id, args.new_tokens)
             sync(args.device)
             times.append(time.perf_counter() - t0)
         mems.append(mem.mib)
@@ -144,9 +158,28 @@ def time_generate(lm, ids, mask, args, processor_factory, eos_id):
     return 1000 * statistics.median(times) / args.new_tokens, max(mems)
 
 
+def run_generate(lm, ids, mask, args, processor_factory, eos_id, new_tokens):
+    processors = [processor_factory()] if processor_factory else []
+    torch.manual_seed(0)
+    return lm.generate(
+        ids,
+        attention_mask=mask,
+        do_sample=True,
+        top_k=args.top_k if not processors else 0,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        logits_processor=processors,
+        pad_token_id=eos_id,
+        eos_token_id=eos_id,
+    )
+
+
 @torch.no_grad()
 def time_forward(model, ids, mask, device, repeats=5):
     """Median time of one cached forward of one new token per row, after a prefill of `ids`."""
+    ids, mask = ids.to(model.device), mask.to(model.device)
     out = model(ids, attention_mask=mask, use_cache=True)
     cache = output_cache(out)
     step = ids[:, -1:]
@@ -162,20 +195,49 @@ def time_forward(model, ids, mask, device, repeats=5):
     return 1000 * statistics.median(times[1:])
 
 
+def is_config_file(name: str) -> bool:
+    return name.endswith(".json")
+
+
+def build_models(args: BenchmarkArguments):
+    """(lm, rad_q, rad_v, tokenizer or None): pretrained weights, or random ones from config JSONs on the device."""
+    dtype = getattr(torch, args.dtype)
+    rm_device = args.reward_device or args.device
+    if is_config_file(args.lm):
+        with torch.device(args.device):  # initialise on the device: an 8B model would take minutes on the CPU
+            lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.lm), dtype=dtype)
+        tokenizer = None
+    else:
+        lm_path = resolve(args.lm) if is_embedded(args.lm) else args.lm
+        tokenizer = AutoTokenizer.from_pretrained(lm_path)
+        lm = AutoModelForCausalLM.from_pretrained(lm_path, dtype=dtype).to(args.device)
+    if is_config_file(args.reward_backbone):
+        backbone = AutoConfig.from_pretrained(args.reward_backbone)
+        backbone.vocab_size = lm.config.vocab_size
+        models = []
+        for config_cls, model_cls in ((RadQConfig, RadQForRewardModeling), (RadVConfig, RadVForRewardModeling)):
+            with torch.device(rm_device):
+                config = config_cls(backbone_config=copy.deepcopy(backbone), num_layers=args.reward_layers)
+                models.append(model_cls(config).to(dtype))
+        rad_q, rad_v = models
+    else:
+        rm_path = resolve(args.reward_backbone) if is_embedded(args.reward_backbone) else args.reward_backbone
+        rad_q = RadQForRewardModeling.from_backbone(rm_path, num_layers=args.reward_layers, dtype=dtype)
+        rad_v = RadVForRewardModeling.from_backbone(rm_path, num_layers=args.reward_layers, dtype=dtype)
+    return lm.eval(), rad_q.to(rm_device).eval(), rad_v.to(rm_device).eval(), tokenizer
+
+
 def main(args: BenchmarkArguments) -> list[dict]:
     torch.set_grad_enabled(False)
-    dtype = getattr(torch, args.dtype)
-    lm_path = resolve(args.lm) if is_embedded(args.lm) else args.lm
-    rm_path = resolve(args.reward_backbone) if is_embedded(args.reward_backbone) else args.reward_backbone
-    tokenizer = AutoTokenizer.from_pretrained(lm_path)
-    lm = AutoModelForCausalLM.from_pretrained(lm_path, dtype=dtype).to(args.device).eval()
-    rad_q = RadQForRewardModeling.from_backbone(rm_path, num_layers=args.reward_layers, dtype=dtype)
-    rad_v = RadVForRewardModeling.from_backbone(rm_path, num_layers=args.reward_layers, dtype=dtype)
-    rad_q, rad_v = rad_q.to(args.device).eval(), rad_v.to(args.device).eval()
-    eos_id = tokenizer.eos_token_id
+    lm, rad_q, rad_v, tokenizer = build_models(args)
+    eos_id = lm.config.eos_token_id if tokenizer is None else tokenizer.eos_token_id
+    eos_id = eos_id[0] if isinstance(eos_id, list) else eos_id
     rows = []
     for B in args.batch_sizes:
-        ids, mask = make_prompts(tokenizer, B, args.prompt_tokens, args.device)
+        if tokenizer is None:
+            ids, mask = random_prompts(lm.config.vocab_size, B, args.prompt_tokens, args.device, pad_id=eos_id)
+        else:
+            ids, mask = make_prompts(tokenizer, B, args.prompt_tokens, args.device)
         # Floors at mid-generation context (prompt + half the new tokens), from single cached forwards.
         ctx_ids = torch.cat([ids, ids[:, -args.new_tokens // 2 :]], 1)
         ctx_mask = torch.cat([mask, torch.ones_like(ids[:, -args.new_tokens // 2 :])], 1)
@@ -205,18 +267,20 @@ def main(args: BenchmarkArguments) -> list[dict]:
             print(json.dumps({k_: round(v, 3) if isinstance(v, float) else v for k_, v in row.items()}), flush=True)
         print(f"  B={B}: t_LM={t_lm:.1f} ms, t_RM(B)={t_rm_b:.1f} ms, t_RM(B·k)={t_rm_bk:.1f} ms", flush=True)
         rows.append(dict(batch=B, method="forwards", t_lm_ms=t_lm, t_rm_b_ms=t_rm_b, t_rm_bk_ms=t_rm_bk))
+        write(rows, args, echo=False)  # after every batch size: a run cut short keeps what it measured
     write(rows, args)
     return rows
 
 
-def write(rows, args):
+def write(rows, args, echo=True):
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({psutil.cpu_count()} logical cores)"
-    tag = f"decode_speed_{args.device}"
+    tag = f"decode_speed_{args.device}" + (f"_{args.name}" if args.name else "")
     (out / f"{tag}.json").write_text(json.dumps({"args": asdict(args), "device": device, "rows": rows}, indent=2))
     lines = [
-        f"Device: {device}; LM {args.lm}; RM backbone {args.reward_backbone} (first {args.reward_layers} layers); "
+        f"Device: {device}; LM {args.lm}; RM backbone {args.reward_backbone} (first {args.reward_layers} layers"
+        f"{', on ' + args.reward_device if args.reward_device else ''}); "
         f"k = {args.top_k}; {args.prompt_tokens}-token prompts; {args.new_tokens} new tokens; {args.dtype}.",
         "",
         "| B | method | ms/token | × unguided | floor | × floor | peak MiB |",
@@ -232,7 +296,8 @@ def write(rows, args):
             f"| {r['peak_mib']:.0f} |"
         )
     (out / f"{tag}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if echo:
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/train_speed.py                              # embedded SmolLM2-135M, first 6 layers, CPU
     python benchmarks/train_speed.py --device cuda --num_layers 30 --batch_size 32 --seq_len 128
+    python benchmarks/train_speed.py --backbone benchmarks/configs/smollm2-135m.json --device cuda  # random weights
 
 On the same batch of real text (B rows of T tokens, right-padded lengths between T/2 and T), each row times one
 training step's forward + backward (no optimizer step: the parameter sets are the same up to the tiny heads):
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoTokenizer, HfArgumentParser
+from transformers import AutoConfig, AutoModel, AutoTokenizer, HfArgumentParser
 
 from rad_q_hf import RadQForRewardModeling, RadVForRewardModeling
 from rad_q_hf.data import RewardDataCollator
@@ -43,6 +44,7 @@ class TrainSpeedArguments:
     repeats: int = field(default=5, metadata={"help": "Timed steps per row of the table (the median is kept)."})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda."})
     output_dir: str = field(default="benchmarks/results", metadata={"help": "Where JSON and markdown go."})
+    name: str = field(default="", metadata={"help": "Suffix of the output files (train_speed_<device>[_<name>])."})
 
 
 def timed(cases: dict, repeats: int, device: str, models) -> dict[str, float]:
@@ -63,10 +65,27 @@ def timed(cases: dict, repeats: int, device: str, models) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def text_ids(args: TrainSpeedArguments, path: str) -> list[int]:
+    if path.endswith(".json"):  # random weights: random tokens are as good as text for timing
+        vocab = AutoConfig.from_pretrained(path).vocab_size
+        return torch.randint(3, vocab, (8 * args.seq_len + 7 * args.batch_size,)).tolist()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return tokenizer(TEXT * 8, add_special_tokens=False)["input_ids"]
+
+
+def reward_model(cls, path: str, num_layers: int | None):
+    """A reward model on a pretrained backbone, or with random weights from a config JSON (`benchmarks/configs/`)."""
+    if not path.endswith(".json"):
+        return cls.from_backbone(path, ["score"], num_layers)
+    backbone = AutoConfig.from_pretrained(path)
+    return cls(cls.config_class(backbone_config=backbone, label_names=["score"], num_layers=num_layers))
+
+
 def main(args: TrainSpeedArguments) -> dict:
     path = str(resolve(args.backbone)) if is_embedded(args.backbone) else args.backbone
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    ids = tokenizer(TEXT * 8, add_special_tokens=False)["input_ids"]
+    torch.manual_seed(0)
+    ids = text_ids(args, path)
+    ids = ids * (1 + (args.seq_len + 7 * args.batch_size) // len(ids))  # long enough for every row's window
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(args.seq_len // 2, args.seq_len + 1, (args.batch_size,), generator=g).tolist()
     rows = [{"input_ids": ids[i * 7 : i * 7 + n], "labels": [float(i % 2)]} for i, n in enumerate(lengths)]
@@ -74,14 +93,14 @@ def main(args: TrainSpeedArguments) -> dict:
     n_tokens = int(batch["attention_mask"].sum())
 
     torch.manual_seed(0)
-    rad_v = RadVForRewardModeling.from_backbone(path, ["score"], args.num_layers).to(args.device).train()
-    rad_q = RadQForRewardModeling.from_backbone(path, ["score"], args.num_layers).to(args.device).train()
+    rad_v = reward_model(RadVForRewardModeling, path, args.num_layers).to(args.device).train()
+    rad_q = reward_model(RadQForRewardModeling, path, args.num_layers).to(args.device).train()
     backbone = AutoModel.from_config(rad_v.config.backbone_config).to(args.device).train()
     backbone.load_state_dict(rad_v.backbone.state_dict())
     common = dict(output_dir="/tmp/rad_q_hf_train_speed", report_to="none", use_cpu=args.device == "cpu")
     trainer = RewardRegressionTrainer(rad_v, RewardTrainingConfig(**common))
     prior = RewardRegressionTrainer(rad_q, RewardTrainingConfig(**common, regularizer_weight=1.0))
-    teacher = RadVForRewardModeling.from_backbone(path, ["score"], args.num_layers)  # frozen by the trainer
+    teacher = reward_model(RadVForRewardModeling, path, args.num_layers)  # frozen by the trainer
     distil = DistillationTrainer(rad_q, teacher, DistillationConfig(**common))
 
     def baseline():
@@ -110,7 +129,7 @@ def main(args: TrainSpeedArguments) -> dict:
     print("\n".join(lines))
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"train_speed_{args.device}"
+    stem = f"train_speed_{args.device}" + (f"_{args.name}" if args.name else "")
     (out / f"{stem}.json").write_text(json.dumps({"args": asdict(args), "results": results}, indent=2))
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     return results

@@ -10,6 +10,8 @@ Offline, the corpora come from a data folder (`data_dir=`, or `$RAD_Q_HF_DATA`) 
 papers used are loaded by name.
 """
 
+from __future__ import annotations
+
 import gzip
 import hashlib
 import json
@@ -17,10 +19,13 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from datasets import Dataset, DatasetDict, load_dataset
 from transformers.data.data_collator import DataCollatorMixin
+
+if TYPE_CHECKING:  # `datasets` is imported where data is loaded: decoding and training steps run without it
+    from datasets import Dataset, DatasetDict
 
 DATA_ENV = "RAD_Q_HF_DATA"
 # The 7 attributes of Jigsaw Unintended Bias (RAD's toxicity reward model predicts all of them; index 0 decodes).
@@ -82,6 +87,8 @@ def _read_tsv(path: Path, text_column: str, label_column: str) -> Iterable[tuple
 
 def _to_splits(rows: Iterable[tuple[str, list[float], str, str | None]], test_percent: float) -> DatasetDict:
     """(text, labels, source, split or None) rows → deduplicated DatasetDict; `None` splits go by `held_out`."""
+    from datasets import Dataset, DatasetDict
+
     rows = list(rows)
     seen: dict[str, tuple] = {}
     # Rows of an official test split go first, so a text found in both is held out (and never trained on).
@@ -139,6 +146,8 @@ def load_toxicity(
     Returns: `DatasetDict(train, test)` with `text`, `labels`, `source`; the label names are
     `["toxicity"]` offline and `JIGSAW_ATTRIBUTES` otherwise (see `toxicity_label_names`).
     """
+    from datasets import DatasetDict, load_dataset
+
     if source == "offline":
         return _to_splits(_offline_toxicity_rows(resolve_data_dir(data_dir) / "toxicity"), test_percent)
     if source == "jigsaw":
@@ -167,6 +176,8 @@ def _offline_toxicity_rows(folder: Path):
 
 
 def _jigsaw_csv(jigsaw_dir) -> DatasetDict:
+    from datasets import DatasetDict, load_dataset
+
     if jigsaw_dir is None:
         raise DataError("`source='jigsaw'` needs `jigsaw_dir` (`--jigsaw_dir`): the folder with Kaggle's train.csv.")
     folder = Path(jigsaw_dir)
@@ -223,6 +234,8 @@ def load_sentiment(source: str = "sst2", data_dir: str | os.PathLike | None = No
             `"hub:amazon_polarity"` (`fancyzhx/amazon_polarity`), as in the papers.
         data_dir: the offline data folder (else `$RAD_Q_HF_DATA`).
     """
+    from datasets import DatasetDict, load_dataset
+
     if source == "sst2":
         folder = resolve_data_dir(data_dir) / "sst2"
         rows = [
@@ -274,6 +287,8 @@ def load_labelled_file(
     path: str | os.PathLike, text_column: str = "text", label_columns: Sequence[str] = ("label",)
 ) -> Dataset:
     """A JSON(L) / CSV / TSV / Parquet file of your own as a `text` + `labels` dataset (labels taken in order)."""
+    from datasets import load_dataset
+
     path = Path(path)
     if not path.exists():
         raise DataError(f"Dataset file {str(path)!r} does not exist.")

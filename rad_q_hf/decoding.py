@@ -193,10 +193,12 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
         if prev is None or prev.shape[0] != input_ids.shape[0] or prev.shape[1] + 1 != input_ids.shape[1]:
             return None, False
         head = input_ids[:, :-1]
-        if torch.equal(head, prev):
-            return None, True
         match = (head[:, None, :] == prev[None, :, :]).all(-1)  # (N_new, N_old)
-        if not bool(match.any(-1).all()):
+        # Both answers in one transfer: the only host sync per step (beam search's reorder included).
+        same, known = torch.stack([(head == prev).all(), match.any(-1).all()]).tolist()
+        if same:
+            return None, True
+        if not known:
             return None, False  # not a reorder of the rows we know (e.g. a new generate call): rebuild
         return match.int().argmax(-1), True  # (N,) previous row of each new row
 

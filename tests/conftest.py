@@ -90,3 +90,13 @@ def backbone(request) -> str:
 @pytest.fixture(params=list(KINDS))
 def kind(request) -> str:
     return request.param
+
+
+# Devices every device-aware test runs on: the CPU always, CUDA where there is one (CI has none: those cases skip).
+_NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=[_NO_CUDA, pytest.mark.cuda])]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    return request.param

@@ -9,9 +9,9 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from datasets import DatasetDict
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -23,6 +23,9 @@ from .adapters import lora_config
 from .distillation_trainer import DistillationTrainer
 from .reward_config import DistillationConfig, RewardTrainingConfig
 from .reward_trainer import RewardRegressionTrainer
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
 
 METHODS = {"rad-q": RadQForRewardModeling, "rad-v": RadVForRewardModeling}
 
@@ -118,7 +121,7 @@ def peft_config(args: ModelArguments):
     return lora_config(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
 
 
-def prepare(ds: DatasetDict, tokenizer, data_args: DataArguments, num_labels: int | None, seed: int):
+def prepare(ds: "DatasetDict", tokenizer, data_args: DataArguments, num_labels: int | None, seed: int):
     """Tokenize the train / test splits, sampling `max_*_samples` with a fixed seed."""
     out = {}
     for split, limit in (("train", data_args.max_train_samples), ("test", data_args.max_eval_samples)):
@@ -131,11 +134,13 @@ def prepare(ds: DatasetDict, tokenizer, data_args: DataArguments, num_labels: in
     return out
 
 
-def own_files(data_args: DataArguments) -> tuple[DatasetDict, list[str]]:
+def own_files(data_args: DataArguments) -> tuple["DatasetDict", list[str]]:
     columns = [c.strip() for c in data_args.label_columns.split(",") if c.strip()]
     splits = {"train": rdata.load_labelled_file(data_args.train_file, data_args.text_column, columns)}
     if data_args.eval_file:
         splits["test"] = rdata.load_labelled_file(data_args.eval_file, data_args.text_column, columns)
+    from datasets import DatasetDict  # lazily: importing the training code must not need `datasets`
+
     return DatasetDict(splits), columns
 
 
@@ -143,7 +148,7 @@ def run_regression(
     model_args: ModelArguments,
     data_args: DataArguments,
     training_args: RewardTrainingConfig,
-    dataset: DatasetDict,
+    dataset: "DatasetDict",
     label_names: list[str],
     model=None,
     tokenizer=None,

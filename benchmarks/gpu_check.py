@@ -1,0 +1,232 @@
+"""The GPU check: device tests, decoding speed and training speed on one GPU, in one command (≤ 8 min on an H100).
+
+    python benchmarks/gpu_check.py                   # on a GPU machine; writes into $OUT (or --output_dir)
+    python benchmarks/gpu_check.py --quick           # the same steps on the CPU at toy sizes (tests/ run this)
+
+Needs only what travels with the repository: no `datasets`, no `gguf`, no Hub. Models are built with random
+weights from the config JSONs in `benchmarks/configs/` (real shapes: speed does not depend on the weights' values):
+    1. `pytest tests/test_devices.py tests/test_decoding.py`: CUDA against the fp32 CPU reference, LM and reward
+       model on different devices, one host sync per step, training steps (log in pytest.log);
+    2. `decode_speed` for unguided / RAD-Q / RAD-V / naive RAD-V at B ∈ {1, 8, 32, 128}, k = 20, bf16, for each
+       LM + reward-model pair below, largest last (pairs that would start after --budget_s are skipped);
+    3. `train_speed` of the reward models (fp32) against the plain backbone.
+Everything lands in gpu_check.json and gpu_check.md (rewritten after every step, so a run cut short keeps what it
+measured), with the issue's goals checked from the ratios of this one run.
+"""
+
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import HfArgumentParser
+
+sys.path.insert(0, str(Path(__file__).parent))  # run as a script: the sibling benchmarks are plain modules
+import decode_speed  # noqa: E402
+import train_speed  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = Path(__file__).parent / "configs"
+
+
+@dataclass
+class GpuCheckArguments:
+    quick: bool = field(default=False, metadata={"help": "CPU smoke run at toy sizes (exercises every step)."})
+    output_dir: str = field(
+        default=os.environ.get("OUT") or "benchmarks/results/gpu_check",
+        metadata={"help": "Where gpu_check.json / .md and pytest.log go (default: $OUT when set)."},
+    )
+    run_tests: bool = field(default=True, metadata={"help": "Run the device tests first."})
+    budget_s: float = field(
+        default=330.0, metadata={"help": "Start no further decode pair after this many seconds (the run stays short)."}
+    )
+
+
+def decode_pairs(quick: bool) -> list[dict]:
+    """(name, LM config, reward-backbone config, reward layers): the reward model guiding the LM."""
+    c = lambda name: str(CONFIGS / f"{name}.json")  # noqa: E731
+    if quick:
+        return [dict(name="quick", lm=c("tiny-llama"), rm=c("tiny-llama"), layers=1)]
+    return [
+        # The shipped models' depth: the first 12 of SmolLM2-135M's 30 layers, guiding SmolLM2-135M itself.
+        dict(name="lm135m_rm135m-12l", lm=c("smollm2-135m"), rm=c("smollm2-135m"), layers=12),
+        dict(name="lm8b_rm135m", lm=c("llama-3.1-8b"), rm=c("smollm2-135m"), layers=30),
+        dict(name="lm1.7b_rm135m", lm=c("smollm2-1.7b"), rm=c("smollm2-135m"), layers=30),
+        dict(name="lm8b_rm135m-12l", lm=c("llama-3.1-8b"), rm=c("smollm2-135m"), layers=12),
+        dict(name="lm8b_rm360m", lm=c("llama-3.1-8b"), rm=c("smollm2-360m"), layers=32),
+    ]
+
+
+def run_tests(out: Path) -> dict:
+    # -rP: the passing tests' prints too (where the host syncs happen).
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rP", "-p", "no:cacheprovider", "tests/test_devices.py"]
+    cmd.append("tests/test_decoding.py")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    (out / "pytest.log").write_text(proc.stdout + proc.stderr)
+    summary = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
+    return {"returncode": proc.returncode, "summary": summary}
+
+
+def run_decode(pair: dict, quick: bool, device: str, tmp: str) -> list[dict]:
+    args = decode_speed.BenchmarkArguments(
+        lm=pair["lm"],
+        reward_backbone=pair["rm"],
+        reward_layers=pair["layers"],
+        batch_sizes=[1, 2] if quick else [1, 8, 32, 128],
+        naive_batch_sizes=[1] if quick else [1, 8, 32, 128],
+        prompt_tokens=8 if quick else 32,
+        new_tokens=4 if quick else 64,
+        device=device,
+        dtype="float32" if quick else "bfloat16",
+        warmup=True,
+        output_dir=tmp,
+        name=pair["name"],
+    )
+    try:
+        return [dict(r, pair=pair["name"]) for r in decode_speed.main(args)]
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def run_train(quick: bool, device: str, tmp: str) -> dict:
+    args = train_speed.TrainSpeedArguments(
+        backbone=str(CONFIGS / ("tiny-llama.json" if quick else "smollm2-135m.json")),
+        num_layers=1 if quick else 12,
+        batch_size=2 if quick else 32,
+        seq_len=16 if quick else 128,
+        repeats=1 if quick else 5,
+        device=device,
+        output_dir=tmp,
+    )
+    return asdict(args), train_speed.main(args)
+
+
+def goals(rows: list[dict]) -> list[str]:
+    """The issue's goals, read off this run's ratios."""
+    lines = []
+    by = {(r["pair"], r["batch"], r["method"]): r for r in rows if r["method"] != "forwards"}
+    pairs = sorted({r["pair"] for r in rows}, key=[r["pair"] for r in rows].index)
+    for pair in pairs:
+        bs = sorted({b for (p, b, _) in by if p == pair})
+        q = {b: by[(pair, b, "rad_q")]["ratio"] for b in bs if (pair, b, "rad_q") in by}
+        v = {b: by[(pair, b, "rad_v")]["ms_per_token"] / by[(pair, b, "rad_q")]["ms_per_token"] for b in q}
+        if "_rm135m" in pair and not pair.startswith("lm135m"):
+            met = all(x <= 1.10 for x in q.values())
+            lines.append(
+                f"- {pair}: RAD-Q × unguided ≤ 1.10 at every B: **{'met' if met else 'not met'}** "
+                f"({', '.join(f'B={b}: {x:.2f}' for b, x in q.items())})"
+            )
+        grows = all(v[a] <= v[b] for a, b in zip(list(v), list(v)[1:], strict=False))
+        neck = [b for b in q if by[(pair, b, "rad_v")]["ratio"] >= 2.0]
+        lines.append(
+            f"- {pair}: RAD-V ÷ RAD-Q time {', '.join(f'B={b}: {x:.2f}' for b, x in v.items())} "
+            f"({'grows' if grows else 'does not grow monotonically'} with B); RAD-V at least doubles the LM's step "
+            f"from B = {neck[0] if neck else '—'}"
+        )
+        over = [
+            f"{m} B={b}: {by[(pair, b, m)]['ratio_to_floor']:.2f}"
+            for b in bs
+            for m in ("rad_q", "rad_v")
+            if (pair, b, m) in by and by[(pair, b, m)]["ratio_to_floor"] > 1.05
+        ]
+        lines.append(
+            f"- {pair}: processor overhead × floor ≤ 1.05: {'met' if not over else 'not met: ' + ', '.join(over)}"
+        )
+    return lines
+
+
+def write(out: Path, report: dict) -> None:
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+    env = report["env"]
+    lines = [
+        f"# GPU check on {env['device']}",
+        "",
+        f"torch {env['torch']}, transformers {env['transformers']}, Python {env['python']}; "
+        f"{report['elapsed_s']:.0f} s; random weights with real shapes (`benchmarks/configs/`).",
+        "",
+    ]
+    if "tests" in report:
+        lines += [f"Tests (`pytest tests/test_devices.py tests/test_decoding.py`): {report['tests']['summary']}", ""]
+    if report["decode"]:
+        lines += ["## Goals (ratios from this run)", "", *goals(report["decode"]), "", "## Decoding speed", ""]
+        lines += [
+            "| pair | B | method | ms/token | × unguided | floor | × floor | peak MiB |",
+            "|---|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in report["decode"]:
+            if r["method"] == "forwards":
+                continue
+            fl = (f"{r['floor']:.2f}", f"{r['ratio_to_floor']:.2f}") if "floor" in r else ("", "")
+            lines.append(
+                f"| {r['pair']} | {r['batch']} | {r['method']} | {r['ms_per_token']:.1f} | {r['ratio']:.2f} "
+                f"| {fl[0]} | {fl[1]} | {r['peak_mib']:.0f} |"
+            )
+    if report.get("train"):
+        ta = report["train_args"]
+        lines += ["", f"## Training speed ({Path(ta['backbone']).stem}, first {ta['num_layers']} layers, fp32)", ""]
+        lines += ["| step | ms/step | tokens/s | ratio to baseline |", "|---|---:|---:|---:|"]
+        for name, r in report["train"].items():
+            lines.append(f"| {name} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:.0f} | {r['ratio']:.2f} |")
+    if report["errors"]:
+        lines += ["", "## Errors", ""] + [f"- {e.splitlines()[-1]}" for e in report["errors"]]
+    (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
+
+
+def main(args: GpuCheckArguments) -> dict:
+    start = time.perf_counter()
+    device = "cpu" if args.quick else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu_check: no CUDA device here; use --quick for the CPU smoke run.")
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(
+        device=torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} cores)",
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        python=platform.python_version(),
+    )
+    report = dict(env=env, args=asdict(args), decode=[], train=None, errors=[], skipped=[], elapsed_s=0.0)
+
+    def step(name, fn):
+        print(f"[gpu_check {time.perf_counter() - start:5.0f} s] {name}", flush=True)
+        try:
+            return fn()
+        except Exception:  # one broken step must not lose the others' measurements
+            report["errors"].append(f"{name}: {traceback.format_exc()}")
+            print(report["errors"][-1], flush=True)
+        finally:
+            report["elapsed_s"] = time.perf_counter() - start
+            write(out, report)
+
+    if args.run_tests:
+        report["tests"] = step("tests", lambda: run_tests(out))
+    with tempfile.TemporaryDirectory() as tmp:
+        report["train_args"], report["train"] = step("train_speed", lambda: run_train(args.quick, device, tmp)) or (
+            None,
+            None,
+        )
+        for pair in decode_pairs(args.quick):
+            if time.perf_counter() - start > args.budget_s:
+                report["skipped"].append(pair["name"])
+                continue
+            report["decode"] += (
+                step(f"decode_speed {pair['name']}", lambda p=pair: run_decode(p, args.quick, device, tmp)) or []
+            )
+    write(out, report)
+    print((out / "gpu_check.md").read_text())
+    return report
+
+
+if __name__ == "__main__":
+    main(*HfArgumentParser(GpuCheckArguments).parse_args_into_dataclasses())

@@ -1,0 +1,34 @@
+"""The GPU check script cannot rot: it runs here in its --quick CPU form, and what it needs imports without `datasets`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_gpu_check_quick_runs_every_step_on_the_cpu(tmp_path):
+    cmd = [sys.executable, "benchmarks/gpu_check.py", "--quick", "--output_dir", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["errors"] == [] and report["skipped"] == []
+    assert report["tests"]["returncode"] == 0 and "passed" in report["tests"]["summary"]
+    assert "passed" in (tmp_path / "pytest.log").read_text()
+    timed = {(r["batch"], r["method"]) for r in report["decode"] if r["method"] != "forwards"}
+    assert timed == {(b, m) for b in (1, 2) for m in ("unguided", "rad_q", "rad_v")} | {(1, "rad_v_naive")}
+    assert all(r["ms_per_token"] > 0 for r in report["decode"] if "ms_per_token" in r)
+    assert len(report["train"]) == 5 and all(r["tokens_per_s"] > 0 for r in report["train"].values())
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert "## Goals" in table and "| quick | 2 | rad_v |" in table and "## Training speed" in table
+
+
+def test_decoding_and_training_code_import_without_datasets():
+    """The GPU machine has no `datasets`: only loading data may need it."""
+    # A None entry in sys.modules makes `import datasets` fail and find_spec report it missing, as if uninstalled.
+    code = "import sys; sys.modules['datasets'] = None; import rad_q_hf, rad_q_hf.decoding, rad_q_hf.training"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
