@@ -46,6 +46,12 @@ class GpuCheckArguments:
         metadata={"help": "Where gpu_check.json / .md and pytest.log go (default: $OUT when set)."},
     )
     run_tests: bool = field(default=True, metadata={"help": "Run the device tests first."})
+    run_train_speed: bool = field(default=True, metadata={"help": "Time the training steps."})
+    pairs: list[str] | None = field(
+        default=None, metadata={"help": "Only these decode pairs (names as in the table; default: all, in order)."}
+    )
+    repeats: int = field(default=1, metadata={"help": "Timed generate calls per decode cell (median kept)."})
+    tests_filter: str | None = field(default=None, metadata={"help": "A pytest -k expression for the tests step."})
     budget_s: float = field(
         default=330.0, metadata={"help": "Start no further decode pair after this many seconds (the run stays short)."}
     )
@@ -66,17 +72,17 @@ def decode_pairs(quick: bool) -> list[dict]:
     ]
 
 
-def run_tests(out: Path) -> dict:
+def run_tests(out: Path, filter_: str | None) -> dict:
     # -rP: the passing tests' prints too (where the host syncs happen).
     cmd = [sys.executable, "-m", "pytest", "-q", "-rP", "-p", "no:cacheprovider", "tests/test_devices.py"]
-    cmd.append("tests/test_decoding.py")
+    cmd += ["tests/test_decoding.py"] + (["-k", filter_] if filter_ else [])
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     (out / "pytest.log").write_text(proc.stdout + proc.stderr)
     summary = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
     return {"returncode": proc.returncode, "summary": summary}
 
 
-def run_decode(pair: dict, quick: bool, device: str, tmp: str) -> list[dict]:
+def run_decode(pair: dict, quick: bool, device: str, tmp: str, repeats: int) -> list[dict]:
     args = decode_speed.BenchmarkArguments(
         lm=pair["lm"],
         reward_backbone=pair["rm"],
@@ -88,6 +94,7 @@ def run_decode(pair: dict, quick: bool, device: str, tmp: str) -> list[dict]:
         device=device,
         dtype="float32" if quick else "bfloat16",
         warmup=True,
+        repeats=repeats,
         output_dir=tmp,
         name=pair["name"],
     )
@@ -210,18 +217,22 @@ def main(args: GpuCheckArguments) -> dict:
             write(out, report)
 
     if args.run_tests:
-        report["tests"] = step("tests", lambda: run_tests(out))
+        report["tests"] = step("tests", lambda: run_tests(out, args.tests_filter))
     with tempfile.TemporaryDirectory() as tmp:
-        report["train_args"], report["train"] = step("train_speed", lambda: run_train(args.quick, device, tmp)) or (
-            None,
-            None,
-        )
+        if args.run_train_speed:
+            timed = step("train_speed", lambda: run_train(args.quick, device, tmp))
+            report["train_args"], report["train"] = timed or (None, None)
         for pair in decode_pairs(args.quick):
+            if args.pairs and pair["name"] not in args.pairs:
+                continue
             if time.perf_counter() - start > args.budget_s:
                 report["skipped"].append(pair["name"])
                 continue
             report["decode"] += (
-                step(f"decode_speed {pair['name']}", lambda p=pair: run_decode(p, args.quick, device, tmp)) or []
+                step(
+                    f"decode_speed {pair['name']}", lambda p=pair: run_decode(p, args.quick, device, tmp, args.repeats)
+                )
+                or []
             )
     write(out, report)
     print((out / "gpu_check.md").read_text())
