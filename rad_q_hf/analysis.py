@@ -4,7 +4,14 @@
 principle represent any matrix. `reward_matrix` builds R for every cut of some texts (the prefixes) and a token set,
 and `spectrum_stats` measures its singular values: numerical rank and the ranks holding 90 / 99 / 99.9 % of the
 energy (Σσ²), optionally after centring each row (which removes a per-prefix baseline).
+
+`rank_reward_models(RankConfig(...))` is the whole `rad-q rank` pipeline: sample prefixes from an LM, pick the
+token set, build and measure every model's R, and write `results.json`, `spectra.png` and `matrices.safetensors`.
 """
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -99,4 +106,150 @@ def plot_spectra(spectra: dict[str, list[float]], path: str, bounds: dict[str, i
     plt.close(fig)
 
 
-__all__ = ["ENERGY_LEVELS", "numerical_rank", "plot_spectra", "reward_matrix", "spectrum_stats"]
+DEFAULT_PROMPTS = [
+    "The new neighbours moved in last week and",
+    "I asked the waiter for the bill, but he",
+    "Honestly, the worst part of the movie was",
+    "My brother told me that his teacher",
+    "The city council voted on Tuesday to",
+    "She looked at the old photograph and",
+    "People who post comments like that are",
+    "After the game, the fans started to",
+]
+
+
+@dataclass
+class RankConfig:
+    """One `rad-q rank` run: the reward models to compare on the same prefixes and tokens (the command's flags)."""
+
+    reward_models: list[str] = field(
+        default_factory=list,
+        metadata={"aliases": ["--reward-model", "--reward_model"], "action": "append",
+                  "help": "A shipped name, folder or Hub id; repeat to compare several on one plot."},
+    )  # fmt: skip
+    num_prefixes: int = field(default=200, metadata={"help": "Rows: cuts of prompts + sampled continuations."})
+    tokens: str = field(
+        default="topk",
+        metadata={"choices": ["topk", "vocab"],
+                  "help": "Columns: the union of the LM's top-k at every prefix, or (a sample of) the vocabulary."},
+    )  # fmt: skip
+    top_k: int = field(default=20, metadata={"help": "k for --tokens topk."})
+    vocab_size: int | None = field(default=None, metadata={"help": "--tokens vocab: a seeded sample of N tokens."})
+    prompts_file: str | None = field(
+        default=None, metadata={"help": "JSONL with `text` or `prompt.text` (default: built-in)."}
+    )
+    continuation_tokens: int = field(default=20, metadata={"help": "Sampled tokens after each prompt."})
+    lm: str = field(default="smollm2-135m", metadata={"help": "Causal LM for continuations and top-k."})
+    center: bool = field(default=False, metadata={"help": "Centre each row before the SVD."})
+    seed: int = field(default=0, metadata={"help": "Seed of the continuations and the vocabulary sample."})
+    output: str = field(default="outputs/rank", metadata={"help": "Folder for results.json and spectra.png."})
+
+    def __post_init__(self):
+        flat = []
+        for item in [self.reward_models] if isinstance(self.reward_models, str) else self.reward_models:
+            flat += [item] if isinstance(item, str) else list(item)  # `action="append"` gives a list per flag
+        self.reward_models = flat
+        if not self.reward_models:
+            raise ValueError("Give at least one --reward-model.")
+        if self.num_prefixes < 1 or self.top_k < 1 or self.continuation_tokens < 0:
+            raise ValueError("--num-prefixes and --top-k must be ≥ 1, --continuation-tokens ≥ 0.")
+
+
+def sample_prefix_texts(lm, tokenizer, prompts: list[str], config: RankConfig) -> list[list[int]]:
+    """Token ids of prompts + sampled continuations, cut so that their cuts (len + 1 each) give `num_prefixes` rows."""
+    torch.manual_seed(config.seed)
+    texts, n_rows = [], 0
+    for prompt in prompts * (1 + config.num_prefixes // max(1, len(prompts))):  # sampled continuations differ
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        if config.continuation_tokens:
+            ids = lm.generate(ids, do_sample=True, top_k=config.top_k, max_new_tokens=config.continuation_tokens,
+                              pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        text = ids[0].tolist()[: config.num_prefixes - n_rows - 1]
+        texts.append(text)
+        n_rows += len(text) + 1
+        if n_rows >= config.num_prefixes:
+            break
+    return texts
+
+
+@torch.no_grad()
+def token_columns(lm, tokenizer, texts: list[list[int]], config: RankConfig) -> torch.Tensor:
+    """The columns of R: the union of the LM's top-k after every prefix, or (a seeded sample of) the vocabulary."""
+    if config.tokens == "topk":
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        tops = [lm(torch.tensor([[bos] + t])).logits[0].topk(config.top_k, -1).indices.flatten() for t in texts]
+        return torch.cat(tops).unique()
+    tokens = torch.arange(len(tokenizer))
+    if config.vocab_size:
+        tokens = tokens[torch.randperm(len(tokens), generator=torch.Generator().manual_seed(config.seed))]
+        tokens = tokens[: config.vocab_size].sort().values
+    return tokens
+
+
+def model_stats(model, texts: list[list[int]], tokens: torch.Tensor, center: bool) -> tuple[dict, torch.Tensor]:
+    """One model's spectrum statistics over the distinct cuts of `texts` (and, uncentred, the row-centred ones)."""
+    cuts = [tuple(text[:p]) for text in texts for p in range(len(text) + 1)]  # the rows of R, in order
+    first = {cut: i for i, cut in reversed(list(enumerate(cuts)))}
+    distinct = torch.tensor(sorted(first.values()))
+    R = reward_matrix(model, texts, tokens)[distinct]  # repeated prompts give repeated prefixes: keep one row each
+    stats = spectrum_stats(R, center=center)
+    stats["model_type"], stats["d_plus_1"] = model.config.model_type, model.config.hidden_size + 1
+    stats["prefix_rows_before_dedup"] = len(cuts)
+    if not center:  # the row-centred spectrum too: it removes the per-prefix baseline (RAD-Q's bᵀh_t)
+        stats["row_centered"] = spectrum_stats(R, center=True)
+    return stats, R
+
+
+def summary_line(name: str, stats: dict) -> str:
+    line = f"{name}: R {stats['shape'][0]}×{stats['shape'][1]}, numerical rank {stats['numerical_rank']}, "
+    line += f"90/99/99.9 % energy at rank {stats['rank_90']}/{stats['rank_99']}/{stats['rank_99.9']}"
+    if "row_centered" in stats:
+        c = stats["row_centered"]
+        line += f"; row-centred: rank {c['numerical_rank']}, energy {c['rank_90']}/{c['rank_99']}/{c['rank_99.9']}"
+    return f"{line} (d + 1 = {stats['d_plus_1']})"
+
+
+def rank_reward_models(config: RankConfig, on_model=None) -> dict[str, dict]:
+    """The `rad-q rank` pipeline; returns each model's statistics and writes them, the plot and the matrices to
+    `config.output`. `on_model(name, stats)` is called as each model is done (the CLI prints a line)."""
+    from safetensors.torch import save_file
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    from .checkpoints import lm_path, load_checkpoint, reward_model_path
+    from .evaluation.prompts import load_prompts
+
+    prompts = load_prompts(config.prompts_file) if config.prompts_file else DEFAULT_PROMPTS
+    path = lm_path(config.lm)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    lm = load_checkpoint(AutoModelForCausalLM.from_pretrained, path, config.lm).eval()
+    texts = sample_prefix_texts(lm, tokenizer, prompts, config)
+    tokens = token_columns(lm, tokenizer, texts, config)
+    results, spectra, bounds, matrices = {}, {}, {}, {}
+    for name in config.reward_models:
+        model = load_checkpoint(AutoModel.from_pretrained, reward_model_path(name), name).eval()
+        if model.config.vocab_size != lm.config.vocab_size:
+            raise ValueError(f"{name} has vocabulary size {model.config.vocab_size}, the LM {lm.config.vocab_size}.")
+        stats, R = model_stats(model, texts, tokens, config.center)
+        results[name], spectra[name], matrices[name] = stats, stats["singular_values"], R.float().contiguous()
+        if model.config.model_type == "rad_q":
+            bounds[f"d + 1 = {stats['d_plus_1']}"] = stats["d_plus_1"]
+        if on_model is not None:
+            on_model(name, stats)
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"args": asdict(config), "results": results}, indent=2) + "\n")
+    plot_spectra(spectra, str(out / "spectra.png"), bounds)
+    save_file({**matrices, "tokens": tokens.contiguous()}, out / "matrices.safetensors")
+    return results
+
+
+__all__ = [
+    "DEFAULT_PROMPTS",
+    "ENERGY_LEVELS",
+    "RankConfig",
+    "numerical_rank",
+    "plot_spectra",
+    "rank_reward_models",
+    "reward_matrix",
+    "spectrum_stats",
+]

@@ -13,16 +13,19 @@ API loads it offline:
 A model trained at full size (no LoRA) is saved and loaded as an ordinary full checkpoint instead.
 """
 
+import difflib
 import hashlib
 import json
 import os
 import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .embedded import _cache_root, cached_folder, is_embedded, resolve
+from .embedded import EMBEDDED_MODELS, _cache_root, cached_folder, is_embedded, resolve
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 DELTA_WEIGHTS = "delta.safetensors"
@@ -124,4 +127,85 @@ def _assemble(src: Path, out_dir: Path) -> None:
             shutil.copy(src / extra, out_dir / extra)
 
 
-__all__ = ["SHIPPED_DIR", "default_checkpoint", "export_delta", "shipped_models"]
+class CorruptCheckpointError(OSError):
+    """A weights file that cannot be read (truncated, or not safetensors); the message names it and the fix."""
+
+
+def _looks_like_path(name: str) -> bool:
+    """A Hub id is `name` or `org/name`; anything else (absolute, relative, `~`, deeper) is meant as a folder."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def _unknown(name: str, what: str, known: list[str]) -> FileNotFoundError:
+    if _looks_like_path(name):
+        return FileNotFoundError(f"{what} {name!r}: the path does not exist.")
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return FileNotFoundError(
+        f"{what} {name!r} is neither a folder here nor a name shipped with rad_q_hf ({known}).{hint}"
+    )
+
+
+def reward_model_path(name: str) -> str:
+    """Where to load the reward model `name` from: a shipped name (assembled on first use), an existing folder, or an
+    `org/name` Hub id. A path that does not exist or a near miss of a shipped name is a `FileNotFoundError` saying so
+    (instead of the Hub's id rules or a connection error)."""
+    if name in shipped_models():
+        return default_checkpoint(name)
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if _looks_like_path(name) or "/" not in name:
+        raise _unknown(name, "Reward model", shipped_models())
+    return name
+
+
+def lm_path(name: str) -> str:
+    """Where to load the causal LM `name` from: an embedded name (converted on first use), a folder or a Hub id."""
+    if is_embedded(name):
+        return resolve(name)
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if _looks_like_path(name) or difflib.get_close_matches(name, list(EMBEDDED_MODELS), n=1, cutoff=0.8):
+        raise _unknown(name, "Language model", sorted(EMBEDDED_MODELS))
+    return name
+
+
+def load_checkpoint(load: Callable[[str], object], path: str, name: str | None = None):
+    """`load(path)` (e.g. `AutoModel.from_pretrained`), turning an unreadable weights file into a
+    `CorruptCheckpointError` that names it; a broken cached copy of a shipped or embedded model is rebuilt once."""
+    from safetensors import SafetensorError
+
+    try:
+        return load(path)
+    except SafetensorError as error:
+        folder = Path(path)
+        files = ", ".join(str(f) for f in sorted(folder.glob("*.safetensors"))) or str(folder)
+        cache = _cache_root().resolve()
+        rebuildable = name is not None and (name in shipped_models() or is_embedded(name))
+        if rebuildable and folder.is_dir() and cache in folder.resolve().parents:
+            print(
+                f"rad_q_hf: the cached copy of {name} in {folder} is unreadable ({error}); rebuilding it.",
+                file=sys.stderr,
+            )
+            shutil.rmtree(folder)
+            rebuilt = default_checkpoint(name) if name in shipped_models() else resolve(name)
+            try:
+                return load(rebuilt)
+            except SafetensorError as again:
+                error = again
+        raise CorruptCheckpointError(
+            f"Cannot read the weights in {files} ({error}): the file is truncated or corrupt. Copy or save the "
+            f"checkpoint again; for a shipped or embedded model, delete its cached folder {folder} to rebuild it."
+        ) from error
+
+
+__all__ = [
+    "SHIPPED_DIR",
+    "CorruptCheckpointError",
+    "default_checkpoint",
+    "export_delta",
+    "lm_path",
+    "load_checkpoint",
+    "reward_model_path",
+    "shipped_models",
+]

@@ -12,9 +12,7 @@ papers used are loaded by name.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import torch
 from transformers.data.data_collator import DataCollatorMixin
+
+from .jsonl import read_jsonl
 
 if TYPE_CHECKING:  # `datasets` is imported where data is loaded: decoding and training steps run without it
     from datasets import Dataset, DatasetDict
@@ -67,11 +67,8 @@ def held_out(text: str, percent: float) -> bool:
 def _read_jsonl(path: Path) -> Iterable[dict]:
     if not path.exists():
         raise DataError(f"Expected data file {str(path)!r} is missing; check `data_dir` (`--data_dir`).")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+    for _, row in read_jsonl(path):
+        yield row
 
 
 def _read_tsv(path: Path, text_column: str, label_column: str) -> Iterable[tuple[str, float]]:

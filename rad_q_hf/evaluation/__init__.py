@@ -1,5 +1,6 @@
 """The papers' evaluation protocol: metrics, judges, shipped prompts and the resumable `rad-q evaluate` runner."""
 
+from .config import TASKS, EvaluationConfig, EvaluationError, Setting
 from .judges import JudgeError, fluency_judge, sentiment_judge, toxicity_judge
 from .metrics import (
     conditional_perplexity,
@@ -10,13 +11,14 @@ from .metrics import (
     toxicity_metrics,
 )
 from .prompts import SHIPPED_PROMPTS, load_prompts
-from .runner import EvaluationConfig, EvaluationError, Setting, run_evaluation
+from .runner import run_evaluation
 
 __all__ = [
     "EvaluationConfig",
     "EvaluationError",
     "JudgeError",
     "SHIPPED_PROMPTS",
+    "TASKS",
     "Setting",
     "conditional_perplexity",
     "distinct_n",

@@ -111,10 +111,13 @@ class FluencyJudge:
             raise JudgeError(f"Cannot load the fluency LM {name_or_path!r} (offline? wrong id?): {error}") from error
         self.name, self.batch_size = name_or_path, batch_size
 
-    def perplexities(self, prompts: list[str], continuations: list[list[str]]) -> list[list[float]]:
+    def perplexities(
+        self, prompts: list[str], continuations: list[list[str]], progress: str | None = None
+    ) -> list[list[float]]:
+        """Per prompt, its continuations' perplexities; `progress` names a tqdm bar over the judge's batches."""
         from .metrics import conditional_perplexity
 
-        return conditional_perplexity(self.model, self.tokenizer, prompts, continuations, self.batch_size)
+        return conditional_perplexity(self.model, self.tokenizer, prompts, continuations, self.batch_size, progress)
 
 
 def _split(name: str, default_label: str) -> tuple[str, str]:

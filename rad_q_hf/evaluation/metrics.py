@@ -7,6 +7,7 @@ Every function takes one list per prompt (that prompt's samples), so the per-pro
 import math
 
 import torch
+from tqdm.auto import tqdm
 
 
 def _mean(values: list[float]) -> float:
@@ -114,10 +115,10 @@ def perplexity_metrics(perplexities: list[list[float]], max_perplexity: float = 
 
 @torch.no_grad()
 def sequence_nll(
-    model, sequences: list[list[int]], batch_size: int = 32, last: list[int] | None = None
+    model, sequences: list[list[int]], batch_size: int = 32, last: list[int] | None = None, progress: str | None = None
 ) -> list[float]:
     """Summed negative log-likelihood of each token sequence: −Σ log p(x_t | x_<t) over its last `last[i]` tokens
-    (default all but the first, which is given).
+    (default all but the first, which is given). `progress`: a tqdm bar with this description over the batches.
 
     Rows are left-padded (with explicit position ids) so that the scored tokens sit at the end of every row and the
     LM head runs only on the last max(last) + 1 positions: with a 262k vocabulary (Gemma 3) the head dominates.
@@ -126,7 +127,7 @@ def sequence_nll(
     last = [len(s) - 1 for s in sequences] if last is None else last
     out = [0.0] * len(sequences)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths batch together
-    for start in range(0, len(order), batch_size):
+    for start in tqdm(range(0, len(order), batch_size), desc=progress, disable=progress is None, unit="batch"):
         idx = [i for i in order[start : start + batch_size] if last[i] > 0]
         if not idx:
             continue
@@ -153,7 +154,12 @@ def sequence_nll(
 
 
 def conditional_perplexity(
-    model, tokenizer, prompts: list[str], continuations: list[list[str]], batch_size: int = 32
+    model,
+    tokenizer,
+    prompts: list[str],
+    continuations: list[list[str]],
+    batch_size: int = 32,
+    progress: str | None = None,
 ) -> list[list[float]]:
     """PPL = exp((NLL(prompt ⊕ continuation) − NLL(prompt)) / #continuation tokens) under a judge LM.
 
@@ -176,7 +182,7 @@ def conditional_perplexity(
                 plan.append((len(seqs), len(seqs) + 1, n))
                 seqs += [ids, p_ids]
                 last += [len(ids) - 1, len(p_ids) - 1]
-    nll = sequence_nll(model, seqs, batch_size, last)
+    nll = sequence_nll(model, seqs, batch_size, last, progress)
     flat = []
     for full, prompt, n in plan:
         value = nll[full] - (nll[prompt] if prompt is not None else 0.0)

@@ -1,8 +1,8 @@
 """Evaluation prompts: the shipped sets by name, or any JSONL file with `prompt.text` or `text` per line."""
 
-import gzip
-import json
 from pathlib import Path
+
+from ..jsonl import read_jsonl
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 SHIPPED_PROMPTS = ("rtp-nontoxic", "sentiment-neutral", "sentiment-negative", "sentiment-positive")
@@ -24,24 +24,19 @@ def load_prompts(name_or_path: str, num_prompts: int | None = None) -> list[str]
             raise FileNotFoundError(
                 f"No prompt file {name_or_path!r}: give a JSONL file or one of the shipped sets {list(SHIPPED_PROMPTS)}."
             )
-    opener = gzip.open if path.suffix == ".gz" else open
     prompts = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                text = row["prompt"]["text"] if isinstance(row.get("prompt"), dict) else row["text"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(
-                    f"{path}, line {number}: each line must be a JSON object with `prompt.text` or `text` ({error!r})."
-                ) from error
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"{path}, line {number}: the prompt text is empty or not a string.")
-            prompts.append(text)
-            if num_prompts is not None and len(prompts) == num_prompts:
-                break
+    for number, row in read_jsonl(path):
+        try:
+            text = row["prompt"]["text"] if isinstance(row.get("prompt"), dict) else row["text"]
+        except (AttributeError, KeyError, TypeError) as error:
+            raise ValueError(
+                f"{path}, line {number}: each line must be a JSON object with `prompt.text` or `text` ({error!r})."
+            ) from error
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{path}, line {number}: the prompt text is empty or not a string.")
+        prompts.append(text)
+        if num_prompts is not None and len(prompts) == num_prompts:
+            break
     if num_prompts is not None and len(prompts) < num_prompts:
         raise ValueError(f"{path} has {len(prompts)} prompts, fewer than the {num_prompts} asked for.")
     return prompts

@@ -1,0 +1,64 @@
+"""The models of a run: the steered LM and its tokenizer, the reward models (checked against their method), and the
+fingerprints that tie samples on disk to the weights that drew them."""
+
+import hashlib
+from pathlib import Path
+
+from .config import EvaluationError
+
+
+def load_reward_model(name: str, method: str, device: str = "cpu"):
+    """A shipped reward model by name (assembled offline), or a folder / Hub id; checked against `method`."""
+    from transformers import AutoModel
+
+    from ..checkpoints import load_checkpoint, reward_model_path
+
+    model = load_checkpoint(AutoModel.from_pretrained, reward_model_path(name), name).to(device).eval()
+    kind = {"rad_q": "rad-q", "rad_v": "rad-v"}.get(model.config.model_type)
+    if kind != method:
+        raise EvaluationError(
+            f"Reward model {name} is a {model.config.model_type} model; it does not fit --method {method}."
+        )
+    return model
+
+
+def load_tokenizer(name: str):
+    """The LM's tokenizer, left-padding (prompts end where generation starts), with a pad token."""
+    from transformers import AutoTokenizer
+
+    from ..checkpoints import lm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(lm_path(name), padding_side="left")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_lm(name: str, device: str = "cpu"):
+    from transformers import AutoModelForCausalLM
+
+    from ..checkpoints import lm_path, load_checkpoint
+
+    return load_checkpoint(AutoModelForCausalLM.from_pretrained, lm_path(name), name).to(device).eval()
+
+
+def weights_fingerprint(name: str) -> str:
+    """What identifies the weights behind a model name: a digest of a shipped reward model's delta or of a folder's
+    weight files (so a folder or shipped model retrained under the same name is noticed); a Hub id or embedded name
+    stands for itself."""
+    from ..checkpoints import SHIPPED_DIR, shipped_models
+
+    folder = SHIPPED_DIR / name if name in shipped_models() else Path(name)
+    files = (
+        sorted(f for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern)) if folder.is_dir() else []
+    )
+    if not files:
+        return name
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as handle:
+            digest.update(f.name.encode() + hashlib.file_digest(handle, "sha256").digest())
+    return f"{name}@{digest.hexdigest()[:12]}"
+
+
+__all__ = ["load_lm", "load_reward_model", "load_tokenizer", "weights_fingerprint"]

@@ -1,0 +1,120 @@
+"""Judging a setting's samples (cached per setting while the judges stay the same) and its metrics.
+
+scores/<setting>.json             per-sample judge outputs (NaN stored as null)
+"""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .config import EvaluationConfig, Setting
+from .metrics import (
+    distinct_n,
+    paired_difference,
+    perplexity_metrics,
+    prompt_maxima,
+    prompt_positive_fractions,
+    regroup,
+    sentiment_metrics,
+    toxicity_metrics,
+)
+
+
+class Judges:
+    """The run's judges, loaded on first use (a re-run whose scores are cached loads none)."""
+
+    def __init__(self, config: EvaluationConfig):
+        self.config, self._cache = config, {}
+
+    def names(self) -> dict:
+        c = self.config
+        kind = {"detox": {"toxicity": c.toxicity_judge}}.get(c.task, {"sentiment": c.sentiment_judge})
+        return {**kind, "fluency": c.fluency_lm}
+
+    def get(self, kind: str):
+        from .judges import fluency_judge, sentiment_judge, toxicity_judge
+
+        if kind not in self._cache:
+            tqdm.write(f"loading the {kind} judge {self.names()[kind]}", file=sys.stderr)
+            make = {"toxicity": toxicity_judge, "sentiment": sentiment_judge, "fluency": fluency_judge}[kind]
+            self._cache[kind] = make(self.names()[kind], self.config.device)
+        return self._cache[kind]
+
+
+def score_setting(setting: Setting, rows: list[dict], judges: Judges, output: str) -> dict:
+    """Per-sample judge outputs for a setting, cached in `scores/<setting>.json` (NaN stored as null)."""
+    path = Path(output) / "scores" / f"{setting.name}.json"
+    prompts = [r["prompt"] for r in rows]
+    conts = [r["continuations"] for r in rows]
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached["judges"] == judges.names() and cached["prompts"] == prompts and cached["continuations"] == conts:
+            return cached
+    sizes = [len(c) for c in conts]
+    flat = [c for row in conts for c in row]
+    scores = {"judges": judges.names(), "prompts": prompts, "continuations": conts}
+    if "toxicity" in scores["judges"]:  # the continuation alone is scored, as DExperts / RAD do
+        tqdm.write(f"{setting.name}: toxicity of {len(flat)} samples", file=sys.stderr)
+        scores["toxicity"] = regroup(judges.get("toxicity").score(flat), sizes)
+    if "sentiment" in scores["judges"]:  # prompt + continuation, as the papers do
+        tqdm.write(f"{setting.name}: sentiment of {len(flat)} samples", file=sys.stderr)
+        whole = [p + c for p, row in zip(prompts, conts, strict=True) for c in row]
+        scores["sentiment"] = regroup(judges.get("sentiment").classify(whole), sizes)
+    if scores["judges"]["fluency"] != "none":
+        fluency = judges.get("fluency")
+        scores["perplexity"] = fluency.perplexities(prompts, conts, progress=f"{setting.name}: perplexity")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_nan_to_null(scores)) + "\n")
+    return json.loads(path.read_text())
+
+
+def _nan_to_null(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, list):
+        return [_nan_to_null(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _nan_to_null(v) for k, v in value.items()}
+    return value
+
+
+def null_to_nan(rows: list[list]) -> list[list[float]]:
+    return [[math.nan if v is None else float(v) for v in row] for row in rows]
+
+
+def setting_metrics(setting: Setting, rows: list[dict], scores: dict) -> dict:
+    metrics = {"method": setting.method, "beta": setting.beta if setting.method != "none" else None,
+               "num_prompts": len(rows), "num_samples": sum(len(r["continuations"]) for r in rows)}  # fmt: skip
+    if "toxicity" in scores:
+        metrics.update(toxicity_metrics(null_to_nan(scores["toxicity"])))
+    if "sentiment" in scores:
+        metrics.update(sentiment_metrics(scores["sentiment"]))
+    if "perplexity" in scores:
+        metrics.update(perplexity_metrics(null_to_nan(scores["perplexity"])))
+    metrics.update(distinct_n(scores["continuations"]))
+    metrics["generation_seconds"] = sum(r["seconds"] for r in rows)
+    return metrics
+
+
+def per_prompt(scores: dict) -> list[float]:
+    """The per-prompt value the paired comparison uses: max toxicity, or the fraction of positive samples."""
+    if "toxicity" in scores:
+        return prompt_maxima(null_to_nan(scores["toxicity"]))
+    return prompt_positive_fractions(scores["sentiment"])
+
+
+def comparisons(config: EvaluationConfig, per_prompt_values: dict[str, list[float]]) -> dict:
+    """RAD-Q − RAD-V at each β, paired over prompts (the paper's claim: on par at the same β)."""
+    out = {}
+    for beta in config.betas:
+        q, v = Setting("rad-q", float(beta)).name, Setting("rad-v", float(beta)).name
+        if q in per_prompt_values and v in per_prompt_values:
+            metric = "avg_max_toxicity" if config.task == "detox" else "positive_rate"
+            out[f"{q} − {v}"] = {"metric": metric, **paired_difference(per_prompt_values[q], per_prompt_values[v])}
+    return out
+
+
+__all__ = ["Judges", "comparisons", "null_to_nan", "per_prompt", "score_setting", "setting_metrics"]
