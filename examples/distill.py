@@ -9,14 +9,10 @@ next token; `--candidate_top_k K` also matches the teacher on the base LM's (`--
 top-K next tokens at every position, the candidates RAD decoding scores.
 """
 
-from transformers import HfArgumentParser
+import sys
 
 import rad_q_hf  # noqa: F401  (registers the Auto classes)
-from rad_q_hf.training import DistillationConfig
-from rad_q_hf.training.scripts import DataArguments, DistillArguments, ModelArguments, distill, end_distributed
+from rad_q_hf.training.scripts import main
 
 if __name__ == "__main__":
-    parser = HfArgumentParser((DistillArguments, ModelArguments, DataArguments, DistillationConfig))
-    extra, model_args, data_args, training_args = parser.parse_args_into_dataclasses()
-    distill(model_args, data_args, training_args, extra.teacher, extra.task, extra.base_model)
-    end_distributed()
+    sys.exit(main("distill"))

@@ -11,13 +11,10 @@ of the whole backbone; `--train_file my.jsonl --label_columns toxicity` trains o
 from the last checkpoint in `--output_dir`. The final folder loads with `AutoModel.from_pretrained`.
 """
 
-from transformers import HfArgumentParser
+import sys
 
 import rad_q_hf  # noqa: F401  (registers the Auto classes)
-from rad_q_hf.training import RewardTrainingConfig
-from rad_q_hf.training.scripts import DataArguments, ModelArguments, end_distributed, train_toxicity
+from rad_q_hf.training.scripts import main
 
 if __name__ == "__main__":
-    parser = HfArgumentParser((ModelArguments, DataArguments, RewardTrainingConfig))
-    train_toxicity(*parser.parse_args_into_dataclasses())
-    end_distributed()
+    sys.exit(main("toxicity"))

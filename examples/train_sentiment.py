@@ -10,13 +10,10 @@ reviews), imdb; with the Hub: hub:amazon_polarity, hub:sst2 (the papers' data). 
 SST-2 dev metrics end up in `--output_dir`.
 """
 
-from transformers import HfArgumentParser
+import sys
 
 import rad_q_hf  # noqa: F401  (registers the Auto classes)
-from rad_q_hf.training import RewardTrainingConfig
-from rad_q_hf.training.scripts import DataArguments, ModelArguments, end_distributed, train_sentiment
+from rad_q_hf.training.scripts import main
 
 if __name__ == "__main__":
-    parser = HfArgumentParser((ModelArguments, DataArguments, RewardTrainingConfig))
-    train_sentiment(*parser.parse_args_into_dataclasses())
-    end_distributed()
+    sys.exit(main("sentiment"))

@@ -10,6 +10,7 @@ rad-q evaluate --task detox --method none,rad-q,rad-v --beta 10,20,50 --num-prom
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from transformers import HfArgumentParser
@@ -76,7 +77,7 @@ class ConfigParser(HfArgumentParser):
 
 
 def _is_main_process() -> bool:
-    """Under `accelerate launch` every process fails alike: only the first one prints the error."""
+    """Under `accelerate launch` every process fails alike: the first one prints the error at once."""
     return os.environ.get("RANK", "0") == "0"
 
 
@@ -95,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "evaluate":
             evaluate(rest)
     except (CLIError, FileNotFoundError, ValueError, OSError) as error:
-        parser.exit(2, f"rad-q: error: {error}\n" if _is_main_process() else None)
+        if not _is_main_process():  # the first process prints the same error; the launcher stops this one then
+            time.sleep(10)
+        parser.exit(2, f"rad-q: error: {error}\n")
     return 0
 
 
@@ -202,24 +205,9 @@ def evaluate(argv: list[str]) -> None:
 
 
 def train(what: str, argv: list[str]) -> None:
-    from transformers import HfArgumentParser
+    from .training import scripts
 
-    from .training import DistillationConfig, RewardTrainingConfig, scripts
-
-    if what == "distill":
-        parser = HfArgumentParser(
-            (scripts.DistillArguments, scripts.ModelArguments, scripts.DataArguments, DistillationConfig)
-        )
-        parser.prog = "rad-q train distill"
-        d, model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
-        scripts.distill(model_args, data_args, training_args, d.teacher, d.task, d.base_model)
-        scripts.end_distributed()
-        return
-    parser = HfArgumentParser((scripts.ModelArguments, scripts.DataArguments, RewardTrainingConfig))
-    parser.prog = f"rad-q train {what}"
-    run = scripts.train_toxicity if what == "toxicity" else scripts.train_sentiment
-    run(*parser.parse_args_into_dataclasses(argv))
-    scripts.end_distributed()
+    scripts.run(what, argv, prog=f"rad-q train {what}")
 
 
 if __name__ == "__main__":

@@ -42,10 +42,17 @@ def data_files(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
+
+
+# the scripts import this checkout's rad_q_hf (not an installed copy elsewhere)
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+# `--multi_gpu` picks accelerate's torchrun launcher; without CUDA the processes join a gloo group on the CPU.
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
 
 
 def common(backbone: Path, train: Path, evaluation: Path, output: Path) -> list[str]:
@@ -58,16 +65,17 @@ def common(backbone: Path, train: Path, evaluation: Path, output: Path) -> list[
 
 def test_accelerate_two_processes_train_and_resume(tiny_backbone, data_files, tmp_path):
     out = tmp_path / "rad-q"
-    # `--multi_gpu` picks accelerate's torchrun launcher; without CUDA the processes join a gloo group on the CPU.
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    launch = LAUNCH
     script = [str(ROOT / "examples" / "train_jigsaw.py"), *common(tiny_backbone, *data_files, out)]
-    first = run([*launch, *script, "--max_steps", "4"], tmp_path)
+    # the README's line has no --use_cpu: without a GPU the script must still train as one distributed run
+    readme_line = [a for a in script if a != "--use_cpu"]
+    first = run([*launch, *readme_line, "--max_steps", "4"], tmp_path)
     assert "eval_mse" in first.stdout
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
     # 2 processes × 4 rows per step: 4 steps cover half of the 64 training rows.
     assert state["train_batch_size"] == 4 and state["epoch"] == pytest.approx(0.5)
+    assert first.stderr.count("train together on the CPU") == 1  # said once, by the first process
     model = AutoModel.from_pretrained(out).eval()
     assert model.config.model_type == "rad_q" and model.config.label_names == ["label"]
     assert torch.isfinite(model(torch.tensor([[0, 5, 6]]), query_ids=torch.tensor([[[7]] * 3])).rewards).all()
@@ -78,6 +86,17 @@ def test_accelerate_two_processes_train_and_resume(tiny_backbone, data_files, tm
     assert state["global_step"] == 6
     steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
     assert steps == sorted(steps) and steps.count(5) == 1  # steps 5-6 ran once, after the saved 4
+
+
+def test_missing_data_folder_under_accelerate_is_one_line(tmp_path):
+    launch = [*LAUNCH, str(ROOT / "examples" / "train_jigsaw.py"), "--data_dir", str(tmp_path / "missing"),
+              "--output_dir", str(tmp_path / "out"), "--report_to", "none"]  # fmt: skip
+    result = subprocess.run(launch, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert lines == [f"train_jigsaw.py: error: Data folder {str(tmp_path / 'missing')!r} does not exist; pass an "
+                     "existing `data_dir` (`--data_dir`)."], result.stderr[-3000:]  # fmt: skip
+    assert "rad_q_hf/data.py" not in result.stderr  # no traceback from the processes (the launcher has its own)
 
 
 def test_sentiment_stages_and_distillation(tiny_backbone, data_files, tmp_path):

@@ -7,12 +7,14 @@ with `AutoModel.from_pretrained`, and report the held-out loss, MSE and accuracy
 
 import json
 import os
+import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 from transformers.trainer_utils import get_last_checkpoint
 
 from .. import data as rdata
@@ -211,6 +213,31 @@ def per_source_metrics(model, tokenizer, ds, max_length: int = 128, batch_size: 
     return out
 
 
+def distributed_args(training_args):
+    """`training_args` fit for how the script was launched.
+
+    `accelerate launch --multi_gpu --num_processes N` (or torchrun) starts N processes; on a machine without a GPU the
+    Trainer treats them as distributed only with `use_cpu=True`, and otherwise runs N independent trainings that
+    overwrite one output folder. Without a GPU this switches to `use_cpu=True` (the processes train together on the
+    CPU, in a gloo group), saying so; a launch the Trainer still would not join is an error naming the flag.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched <= 1 or training_args.world_size == launched:
+        return training_args
+    if not training_args.use_cpu and not torch.cuda.is_available():
+        training_args = replace(training_args, use_cpu=True)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{launched} processes launched on a machine without a GPU: they train together on the CPU "
+                  "(as with --use_cpu true).", file=sys.stderr)  # fmt: skip
+        if training_args.world_size == launched:
+            return training_args
+    raise ValueError(
+        f"{launched} processes were launched, but the Trainer would run {launched} independent trainings into one "
+        f"output folder (it sees a world size of {training_args.world_size}). On a CPU-only machine add --use_cpu "
+        "true; on GPUs launch at most one process per GPU (accelerate launch --num_processes)."
+    )
+
+
 def end_distributed() -> None:
     """Leave the process group cleanly once every process is done: exiting with it still open can abort a rank
     ("terminate called without an active exception") after the work has finished, failing the launcher."""
@@ -223,6 +250,7 @@ def end_distributed() -> None:
 
 def train_toxicity(model_args: ModelArguments, data_args: DataArguments, training_args: RewardTrainingConfig):
     """RAD-V or RAD-Q toxicity reward model (labels: `toxicity`, or the 7 Jigsaw attributes)."""
+    training_args = distributed_args(training_args)
     if data_args.train_file:
         dataset, labels = own_files(data_args)
     else:
@@ -238,6 +266,7 @@ def train_sentiment(model_args: ModelArguments, data_args: DataArguments, traini
     Stage i writes to `<output_dir>/stage-i-<source>` and starts from stage i−1's model; a finished stage is skipped
     on re-runs, an interrupted one resumes from its last checkpoint. The last stage's model is copied to `output_dir`.
     """
+    training_args = distributed_args(training_args)
     if data_args.train_file:
         dataset, labels = own_files(data_args)
         return run_regression(model_args, data_args, training_args, dataset, labels)
@@ -275,6 +304,7 @@ def distill(
     base_model: str | None = None,
 ):
     """Distil the RAD-V checkpoint `teacher` into a RAD-Q student on the task's texts."""
+    training_args = distributed_args(training_args)
     teacher_model = AutoModel.from_pretrained(teacher)
     if getattr(teacher_model.config, "model_type", None) != "rad_v":
         raise ValueError(f"--teacher {teacher} is a {teacher_model.config.model_type} model, not a RAD-V one.")
@@ -312,8 +342,71 @@ def distill(
     return _train_and_save(trainer, training_args)
 
 
+def parser_for(what: str, prog: str | None = None) -> HfArgumentParser:
+    """The flags of `rad-q train <what>` / the example scripts: `toxicity`, `sentiment` or `distill`."""
+    if what == "distill":
+        types = (DistillArguments, ModelArguments, DataArguments, DistillationConfig)
+    else:
+        types = (ModelArguments, DataArguments, RewardTrainingConfig)
+    parser = HfArgumentParser(types)
+    parser.prog = prog or parser.prog
+    return parser
+
+
+def run(what: str, argv: list[str] | None = None, prog: str | None = None) -> dict[str, float]:
+    """Parse `argv` into the `what` script's dataclasses, train, and leave the process group."""
+    argv = _cpu_launch(sys.argv[1:] if argv is None else list(argv))
+    parsed = parser_for(what, prog).parse_args_into_dataclasses(argv)
+    if what == "distill":
+        d, model_args, data_args, training_args = parsed
+        metrics = distill(model_args, data_args, training_args, d.teacher, d.task, d.base_model)
+    else:
+        metrics = (train_toxicity if what == "toxicity" else train_sentiment)(*parsed)
+    end_distributed()
+    return metrics
+
+
+def _cpu_launch(argv: list[str]) -> list[str]:
+    """Several processes launched without a GPU and without `--use_cpu`: add it before the training arguments are
+    built, so that the processes train together (see `distributed_args`, which checks the result)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched <= 1 or torch.cuda.is_available() or any(a.startswith(("--use_cpu", "--use-cpu")) for a in argv):
+        return argv
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{launched} processes launched on a machine without a GPU: they train together on the CPU "
+              "(--use_cpu true).", file=sys.stderr)  # fmt: skip
+    return [*argv, "--use_cpu", "true"]
+
+
+def main(what: str, argv: list[str] | None = None) -> int:
+    """An example script's `__main__`: a user error (missing data, a wrong flag value) is one line
+    `<script>: error: ...` and exit status 2, not a traceback from every process.
+
+    Under a multi-process launch every process usually fails alike: the first one prints at once; the others wait
+    a moment first, so that the launcher, stopping them when the first one exits, leaves that one line.
+    """
+    prog = Path(sys.argv[0]).name
+    try:
+        run(what, argv, prog)
+    except (ValueError, OSError) as error:  # DataError, missing files and folders, wrong models
+        if os.environ.get("RANK", "0") != "0":
+            time.sleep(_QUIET_SECONDS)
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # this script's group: exiting with it open can abort
+        return 2
+    return 0
+
+
+_QUIET_SECONDS = 10.0
+
+
 __all__ = [
+    "distributed_args",
     "end_distributed",
+    "main",
+    "parser_for",
+    "run",
     "DataArguments",
     "DistillArguments",
     "ModelArguments",
