@@ -1,6 +1,7 @@
 """`rad-q` on tiny models: generate (guided, unguided, --compare), train, and the error cases."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -21,6 +22,10 @@ def models(tmp_path_factory, tokenizer):
     build_reward_model("rad_v", "llama", len(tokenizer), labels=("toxicity",)).save_pretrained(root / "rad-v")
     other = RadQConfig(backbone_config=GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4))
     RadQForRewardModeling(other).save_pretrained(root / "other-vocab")
+    shutil.copytree(root / "rad-q", root / "broken")
+    weights = root / "broken" / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)  # a copy cut short
     return root
 
 
@@ -42,6 +47,10 @@ def test_generate_guided_and_compare(method, models, capsys):
     assert "== unguided" in out and f"== {method} (β=50, detox)" in out
     rewards = [float(line.split("[")[1].split("]")[0]) for line in out.splitlines() if line[:2] in ("1.", "2.")]
     assert len(rewards) == 4 and all(0.0 <= r <= 1.0 for r in rewards)
+    means = [line for line in out.splitlines() if line.startswith("mean score")]  # one per side, after its samples
+    for side, line in zip((rewards[:2], rewards[2:]), means, strict=True):
+        mean, high = float(line.split()[2].rstrip(";")), int(line.split()[3])
+        assert mean == pytest.approx(sum(side) / 2, abs=0.006) and high == sum(r >= 0.5 for r in side)
     assert run(capsys, "generate", "the movie was", *common, "--seed", "3") == run(
         capsys, "generate", "the movie was", *common, "--seed", "3"
     )  # seeded
@@ -58,7 +67,13 @@ def test_generate_unguided_needs_no_reward_model(models, capsys):
     [
         (["--task", "polite"], "invalid choice: 'polite'"),
         (["--method", "rad-x"], "invalid choice: 'rad-x'"),
-        (["--reward-model", "/no/such/folder"], "/no/such/folder"),
+        (["--reward-model", "/no/such/folder"], "Reward model '/no/such/folder': the path does not exist."),
+        (["--reward-model", "rad-q-toxic"], "shipped with rad_q_hf (['rad-q-sentiment', "),
+        (["--reward-model", "rad-q-toxic"], "Did you mean 'rad-q-toxicity'?"),
+        (["--lm", "smollm2-135", "--method", "none"], "Did you mean 'smollm2-135m'?"),
+        (["--lm", "./no/lm", "--method", "none"], "Language model './no/lm': the path does not exist."),
+        (["--reward-model", "{models}/broken"], "Cannot read the weights in {models}/broken/model.safetensors"),
+        (["--reward-model", "{models}/rad-q", "--method", "none", "--compare"], "The prompt is empty"),
         (
             ["--reward-model", "{models}/rad-v", "--method", "rad-q"],
             "is a rad_v model; it does not fit --method rad-q",
@@ -69,11 +84,38 @@ def test_generate_unguided_needs_no_reward_model(models, capsys):
 )
 def test_generate_errors_are_clear(argv, message, models, capsys):
     argv = [a.replace("{models}", str(models)) for a in argv]
+    message = message.replace("{models}", str(models))
+    prompt = "  " if "empty" in message else "hi"
     with pytest.raises(SystemExit) as exit_info:
-        main(["generate", "hi", "--lm", str(models / "lm"), "--max-new-tokens", "2", *argv])
+        main(["generate", prompt, "--lm", str(models / "lm"), "--max-new-tokens", "2", *argv])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_broken_cached_shipped_model_is_rebuilt(models, tmp_path, monkeypatch, capsys):
+    from transformers import AutoModel
+
+    from rad_q_hf import checkpoints
+
+    monkeypatch.setenv("RAD_Q_HF_CACHE", str(tmp_path))
+    cached = tmp_path / "reward_models" / "rad-q-toxicity-0123"
+    shutil.copytree(models / "broken", cached)
+    rebuilt = []
+
+    def assemble(name):  # stands in for default_checkpoint's assembly of the shipped delta
+        rebuilt.append(name)
+        shutil.copytree(models / "rad-q", cached)
+        return str(cached)
+
+    monkeypatch.setattr(checkpoints, "default_checkpoint", assemble)
+    model = checkpoints.load_checkpoint(AutoModel.from_pretrained, str(cached), "rad-q-toxicity")
+    assert rebuilt == ["rad-q-toxicity"] and model.config.model_type == "rad_q"
+    assert "rebuilding it" in capsys.readouterr().err
+    shutil.rmtree(cached)
+    shutil.copytree(models / "broken", cached)
+    with pytest.raises(checkpoints.CorruptCheckpointError, match="delete its cached folder"):  # a folder: no rebuild
+        checkpoints.load_checkpoint(AutoModel.from_pretrained, str(cached), str(cached))
 
 
 def test_train_subcommands(models, tmp_path, capsys):
