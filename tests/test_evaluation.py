@@ -127,6 +127,9 @@ def test_shipped_prompts_and_jsonl(tmp_path):
         load_prompts(str(path))
     with pytest.raises(FileNotFoundError, match="shipped sets"):
         load_prompts(str(tmp_path / "missing.jsonl"))
+    path.write_text('{"text": "fine"}\n{"text": "cut\n')
+    with pytest.raises(ValueError, match=r"p.jsonl, line 2 is not valid JSON"):
+        load_prompts(str(path))
 
 
 def test_offline_judges_order_obvious_texts():
@@ -382,7 +385,13 @@ def test_accelerate_two_processes_match_one_process(models, tmp_path):
             "--max-new-tokens", "4", "--top-k", "5", "--prompts", str(models / "prompts.jsonl"), "--lm",
             str(models / "lm"), "--rad-q-model", str(models / "rad-q"), "--fluency-lm", str(models / "judge"),
             "--prompts-per-batch", "1"]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }  # this checkout's rad_q_hf
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rad_q_hf.cli"]  # fmt: skip
     for command, out in (([sys.executable, "-m", "rad_q_hf.cli"], "single"), (launch, "sharded")):
@@ -432,3 +441,59 @@ def test_evaluate_cli_errors(extra, message, models, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "rad-q: error:" in err and re.search(message, err), err
+
+
+def test_evaluate_flags_follow_the_config(models, tmp_path, capsys):
+    """`rad-q evaluate` parses EvaluationConfig with HfArgumentParser: `_` and `-` flags, lists with or without commas."""
+    from rad_q_hf.cli import ConfigParser
+
+    parser = ConfigParser(EvaluationConfig, "evaluate")
+    dashed = parser.parse(["--method", "none,rad-q", "--beta", "10,20", "--num-prompts", "3", "--fluency-lm", "none"])
+    underscored = parser.parse(["--methods", "none", "rad-q", "--betas", "10", "20", "--num_prompts", "3",
+                                "--fluency_lm", "none"])  # fmt: skip
+    assert dashed == underscored and dashed.methods == ["none", "rad-q"] and dashed.betas == [10.0, 20.0]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--help"])
+    assert exit_info.value.code == 0 and "--samples_per_prompt" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--num-prompts", "many"])
+    assert exit_info.value.code == 2 and "rad-q: error: argument --num_prompts" in capsys.readouterr().err
+
+
+def test_run_evaluation_leaves_a_callers_process_group_open(models, tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        run_evaluation(tiny_config(models, tmp_path / "run", methods=("none",), num_prompts=1, fluency_lm="none"))
+        assert dist.is_initialized()  # the caller created it: the caller ends it
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_evaluate_ctrl_c_says_how_to_resume(models, tmp_path, monkeypatch, capsys):
+    from rad_q_hf.evaluation import runner
+
+    real = runner.generate_setting
+
+    def interrupted(*args, **kwargs):  # Ctrl-C after the first prompt batch is written
+        def stop(setting, batch):
+            raise KeyboardInterrupt
+
+        return real(*args[:7], on_batch=stop)
+
+    argv = ["evaluate", "--method", "none", "--num-prompts", "5", "--samples-per-prompt", "2", "--max-new-tokens",
+            "2", "--prompts", str(models / "prompts.jsonl"), "--lm", str(models / "lm"), "--fluency-lm", "none",
+            "--prompts-per-batch", "2", "--output", str(tmp_path / "run")]  # fmt: skip
+    monkeypatch.setattr(runner, "generate_setting", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 130 and "Traceback" not in err
+    assert "rad-q: stopped (Ctrl-C)" in err and "(none 2/5)" in err and "run the same command again" in err
+    monkeypatch.setattr(runner, "generate_setting", real)
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"resuming in {tmp_path / 'run'}: prompts already sampled: none 2/5" in err
+    assert "loading the LM" in err
