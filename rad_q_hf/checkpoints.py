@@ -97,7 +97,9 @@ def default_checkpoint(name: str, cache_dir: str | os.PathLike | None = None) ->
         )
     digest = hashlib.sha256((src / DELTA_WEIGHTS).read_bytes()).hexdigest()[:12]
     root = Path(cache_dir) if cache_dir is not None else _cache_root()
-    return cached_folder(root / "reward_models" / f"{src.name}-{digest}", lambda tmp: _assemble(src, tmp))
+    target = root / "reward_models" / f"{src.name}-{digest}"
+    note = f"assembling the shipped reward model {src.name} into {target}, once"
+    return cached_folder(target, lambda tmp: _assemble(src, tmp), note)
 
 
 def _assemble(src: Path, out_dir: Path) -> None:

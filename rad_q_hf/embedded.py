@@ -16,6 +16,7 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,17 +104,21 @@ def resolve(name: str, cache_dir: str | os.PathLike | None = None) -> str:
     root = Path(cache_dir) if cache_dir is not None else _cache_root()
     # The package version is part of the folder name, so an upgraded package is converted again.
     folder = f"{spec.name}-{importlib.metadata.version(spec.distribution)}"
-    return cached_folder(root / folder, lambda tmp: _convert_gguf(spec.locate_gguf(src_dir), tmp))
+    note = f"converting the embedded {name} (GGUF) into {root / folder}, once"
+    return cached_folder(root / folder, lambda tmp: _convert_gguf(spec.locate_gguf(src_dir), tmp), note)
 
 
-def cached_folder(target: Path, build: Callable[[Path], None]) -> str:
+def cached_folder(target: Path, build: Callable[[Path], None], note: str | None = None) -> str:
     """`target` if a complete build is there; else run `build(tmp)` in a temporary sibling and rename it into place.
 
     A completion marker is written last, so an interrupted build is never used, and a concurrent one is harmless.
+    `note` is printed (to stderr) before a build: it can take a while.
     """
     target = Path(target)
     if (target / _DONE_MARKER).is_file():
         return str(target)
+    if note:
+        print(f"rad_q_hf: {note} ...", file=sys.stderr, flush=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:

@@ -114,3 +114,25 @@ def test_staged_lora_runs_stack_into_one_delta(tiny_lm, tmp_path):
         only_stage2 = export_delta(tmp_path / "s2", tmp_path / "delta2", base=str(tiny_lm))  # forgets stage 1
         wrong = AutoModel.from_pretrained(default_checkpoint(str(only_stage2), cache_dir=tmp_path / "cache"))
         assert not torch.allclose(wrong.eval()(ids).rewards, stage2(ids).rewards, atol=2e-3)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="AutoTokenizer always loads the folder's config first, and a config.json whose auto_map names AutoConfig "
+    "(needed for AutoModel + trust_remote_code) makes transformers 5.24 ask about remote code: not fixable in the "
+    "saved files alone (issue 16 §4; load with PreTrainedTokenizerFast or trust_remote_code=True meanwhile)",
+)
+def test_saved_tokenizer_loads_without_remote_code(tmp_path, tokenizer):
+    import subprocess
+    import sys
+
+    from conftest import build_reward_model
+
+    build_reward_model("rad_q", "llama", len(tokenizer)).save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    code = f"from transformers import AutoTokenizer; print(AutoTokenizer.from_pretrained({str(tmp_path / 'rm')!r})('the movie')['input_ids'])"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL)  # fmt: skip  # a process that never imports rad_q_hf
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "custom code" not in out and "instantiate a model of type" not in out, out
