@@ -1,6 +1,6 @@
 """Train a RAD-V or RAD-Q toxicity reward model.
 
-    accelerate launch --multi_gpu --num_processes 2 examples/train_jigsaw.py --method rad-q --data_dir ../shared/data \
+    accelerate launch --multi_gpu --num_processes 2 examples/train_jigsaw.py --use_cpu --method rad-q --data_dir ../shared/data \
         --num_layers 6 --max_length 64 --per_device_train_batch_size 50 --eval_strategy steps --eval_steps 200 \
         --save_steps 200 --output_dir outputs/rad-q-toxicity
 
@@ -9,6 +9,9 @@ use `--source jigsaw --jigsaw_dir DIR` (Kaggle Jigsaw Unintended Bias CSVs, 7 at
 `--source civil_comments`. `--method rad-v` trains the value-head model; `--lora_r 16` trains LoRA adapters instead
 of the whole backbone; `--train_file my.jsonl --label_columns toxicity` trains on your own data. A re-run resumes
 from the last checkpoint in `--output_dir`. The final folder loads with `AutoModel.from_pretrained`.
+
+On a machine without a GPU `--use_cpu` makes the processes train together on the CPU (the script adds it itself
+when it is missing, and says so); with GPUs drop it.
 """
 
 import sys

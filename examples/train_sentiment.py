@@ -1,6 +1,6 @@
 """Train a sentiment reward model (label `positive`) as in the RAD-Q paper: Amazon reviews first, then SST-2.
 
-    accelerate launch --multi_gpu --num_processes 2 examples/train_sentiment.py --method rad-q --data_dir ../shared/data \
+    accelerate launch --multi_gpu --num_processes 2 examples/train_sentiment.py --use_cpu --method rad-q --data_dir ../shared/data \
         --source amazon,sst2 --learning_rate 1e-5 --num_layers 6 --max_length 64 \
         --per_device_train_batch_size 50 --output_dir outputs/rad-q-sentiment
 
@@ -8,6 +8,9 @@ Each source in `--source` is one stage in `<output_dir>/stage-<i>-<source>`, sta
 model; re-runs skip finished stages and resume interrupted ones. Offline sources: sst2, amazon (Blitzer et al.'s
 reviews), imdb; with the Hub: hub:amazon_polarity, hub:sst2 (the papers' data). The last stage's model and its
 SST-2 dev metrics end up in `--output_dir`.
+
+On a machine without a GPU `--use_cpu` makes the processes train together on the CPU (the script adds it itself
+when it is missing, and says so); with GPUs drop it.
 """
 
 import sys
