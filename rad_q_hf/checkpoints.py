@@ -138,14 +138,12 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
-def _unknown(name: str, what: str, known: list[str]) -> FileNotFoundError:
+def _unknown(name: str, what: str, kind: str, known: list[str]) -> FileNotFoundError:
     if _looks_like_path(name):
         return FileNotFoundError(f"{what} {name!r}: the path does not exist.")
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return FileNotFoundError(
-        f"{what} {name!r} is neither a folder here nor a name shipped with rad_q_hf ({known}).{hint}"
-    )
+    return FileNotFoundError(f"{what} {name!r} is neither a folder here nor one of the {kind} {known}.{hint}")
 
 
 def reward_model_path(name: str) -> str:
@@ -157,7 +155,7 @@ def reward_model_path(name: str) -> str:
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     if _looks_like_path(name) or "/" not in name:
-        raise _unknown(name, "Reward model", shipped_models())
+        raise _unknown(name, "Reward model", "shipped reward models", shipped_models())
     return name
 
 
@@ -168,7 +166,7 @@ def lm_path(name: str) -> str:
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     if _looks_like_path(name) or difflib.get_close_matches(name, list(EMBEDDED_MODELS), n=1, cutoff=0.8):
-        raise _unknown(name, "Language model", sorted(EMBEDDED_MODELS))
+        raise _unknown(name, "Language model", "embedded models", sorted(EMBEDDED_MODELS))
     return name
 
 

@@ -120,16 +120,16 @@ def generate(args) -> None:
     if not args.prompt.strip():
         raise CLIError('The prompt is empty: give some text to continue, e.g. rad-q generate "The movie was".')
     _check_device(args.device)
-    tokenizer = load_tokenizer(args.lm)
-    lm = load_checkpoint(AutoModelForCausalLM.from_pretrained, lm_path(args.lm), args.lm).to(args.device).eval()
-    batch = tokenizer([args.prompt] * args.num_samples, return_tensors="pt").to(args.device)
-    if batch["input_ids"].shape[1] == 0:
-        raise CLIError(f"The prompt {args.prompt!r} has no tokens for this LM's tokenizer; give some text.")
     reward_model = None
     if args.method != "none" or args.compare:
         method = "rad-q" if args.method == "none" else args.method
         name = args.reward_model or TASKS[args.task][0][method]
         reward_model = load_reward_model(name, method, args.device)
+    tokenizer = load_tokenizer(args.lm)
+    lm = load_checkpoint(AutoModelForCausalLM.from_pretrained, lm_path(args.lm), args.lm).to(args.device).eval()
+    batch = tokenizer([args.prompt] * args.num_samples, return_tensors="pt").to(args.device)
+    if batch["input_ids"].shape[1] == 0:
+        raise CLIError(f"The prompt {args.prompt!r} has no tokens for this LM's tokenizer; give some text.")
     runs = {"unguided": _sample(args, lm, tokenizer, batch, None)} if args.compare or args.method == "none" else {}
     if args.method != "none":
         runs[f"{args.method} (β={args.beta:g}, {args.task})"] = _sample(args, lm, tokenizer, batch, reward_model)

@@ -68,7 +68,7 @@ def test_generate_unguided_needs_no_reward_model(models, capsys):
         (["--task", "polite"], "invalid choice: 'polite'"),
         (["--method", "rad-x"], "invalid choice: 'rad-x'"),
         (["--reward-model", "/no/such/folder"], "Reward model '/no/such/folder': the path does not exist."),
-        (["--reward-model", "rad-q-toxic"], "shipped with rad_q_hf (['rad-q-sentiment', "),
+        (["--reward-model", "rad-q-toxic"], "shipped reward models ['rad-q-sentiment', "),
         (["--reward-model", "rad-q-toxic"], "Did you mean 'rad-q-toxicity'?"),
         (["--lm", "smollm2-135", "--method", "none"], "Did you mean 'smollm2-135m'?"),
         (["--lm", "./no/lm", "--method", "none"], "Language model './no/lm': the path does not exist."),
