@@ -355,6 +355,7 @@ def parser_for(what: str, prog: str | None = None) -> HfArgumentParser:
 
 def run(what: str, argv: list[str] | None = None, prog: str | None = None) -> dict[str, float]:
     """Parse `argv` into the `what` script's dataclasses, train, and leave the process group."""
+    had_group = torch.distributed.is_available() and torch.distributed.is_initialized()
     argv = _cpu_launch(sys.argv[1:] if argv is None else list(argv))
     parsed = parser_for(what, prog).parse_args_into_dataclasses(argv)
     if what == "distill":
@@ -362,7 +363,8 @@ def run(what: str, argv: list[str] | None = None, prog: str | None = None) -> di
         metrics = distill(model_args, data_args, training_args, d.teacher, d.task, d.base_model)
     else:
         metrics = (train_toxicity if what == "toxicity" else train_sentiment)(*parsed)
-    end_distributed()
+    if not had_group:  # the group this run's training arguments created; a caller's own group stays open
+        end_distributed()
     return metrics
 
 
