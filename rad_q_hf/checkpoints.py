@@ -172,11 +172,16 @@ def lm_path(name: str) -> str:
 
 def load_checkpoint(load: Callable[[str], object], path: str, name: str | None = None):
     """`load(path)` (e.g. `AutoModel.from_pretrained`), turning an unreadable weights file into a
-    `CorruptCheckpointError` that names it; a broken cached copy of a shipped or embedded model is rebuilt once."""
+    `CorruptCheckpointError` that names it; a broken cached copy of a shipped or embedded model is rebuilt once.
+    A Hub id that fails to load says that no folder of that name exists here either."""
     from safetensors import SafetensorError
 
     try:
         return load(path)
+    except OSError as error:
+        if Path(path).expanduser().exists():
+            raise
+        raise OSError(f"{path!r} is not a folder here, and loading it as a Hub id failed: {error}") from error
     except SafetensorError as error:
         folder = Path(path)
         files = ", ".join(str(f) for f in sorted(folder.glob("*.safetensors"))) or str(folder)

@@ -118,6 +118,16 @@ def test_broken_cached_shipped_model_is_rebuilt(models, tmp_path, monkeypatch, c
         checkpoints.load_checkpoint(AutoModel.from_pretrained, str(cached), str(cached))
 
 
+def test_a_hub_id_that_fails_says_no_folder_exists_either():
+    from rad_q_hf.checkpoints import load_checkpoint
+
+    def offline(path):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.")
+
+    with pytest.raises(OSError, match="'outputs/rad-q' is not a folder here, and loading it as a Hub id failed: We"):
+        load_checkpoint(offline, "outputs/rad-q")
+
+
 def test_train_subcommands(models, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "toxicity", "--help"])
