@@ -101,12 +101,12 @@ class FluencyJudge:
     def __init__(self, name_or_path: str, device: str = "cpu", batch_size: int = 32):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ..embedded import is_embedded, resolve
+        from ..checkpoints import lm_path, load_checkpoint
 
-        path = resolve(name_or_path) if is_embedded(name_or_path) else name_or_path
         try:
+            path = lm_path(name_or_path)
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+            self.model = load_checkpoint(AutoModelForCausalLM.from_pretrained, path, name_or_path).to(device).eval()
         except OSError as error:
             raise JudgeError(f"Cannot load the fluency LM {name_or_path!r} (offline? wrong id?): {error}") from error
         self.name, self.batch_size = name_or_path, batch_size
