@@ -88,6 +88,21 @@ def test_accelerate_two_processes_train_and_resume(tiny_backbone, data_files, tm
     assert steps == sorted(steps) and steps.count(5) == 1  # steps 5-6 ran once, after the saved 4
 
 
+def test_a_launch_the_trainer_would_not_join_is_refused(monkeypatch):
+    from types import SimpleNamespace
+
+    from rad_q_hf.training.scripts import distributed_args
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    alone = SimpleNamespace(world_size=1, use_cpu=True)  # e.g. GPUs that the processes do not see
+    with pytest.raises(ValueError, match="2 independent trainings into one output folder.*--use_cpu"):
+        distributed_args(alone)
+    joined = SimpleNamespace(world_size=2, use_cpu=True)
+    assert distributed_args(joined) is joined
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed_args(alone) is alone
+
+
 def test_missing_data_folder_under_accelerate_is_one_line(tmp_path):
     launch = [*LAUNCH, str(ROOT / "examples" / "train_jigsaw.py"), "--data_dir", str(tmp_path / "missing"),
               "--output_dir", str(tmp_path / "out"), "--report_to", "none"]  # fmt: skip

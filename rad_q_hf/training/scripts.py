@@ -226,9 +226,7 @@ def distributed_args(training_args):
         return training_args
     if not training_args.use_cpu and not torch.cuda.is_available():
         training_args = replace(training_args, use_cpu=True)
-        if os.environ.get("RANK", "0") == "0":
-            print(f"{launched} processes launched on a machine without a GPU: they train together on the CPU "
-                  "(as with --use_cpu true).", file=sys.stderr)  # fmt: skip
+        _say_cpu(launched)
         if training_args.world_size == launched:
             return training_args
     raise ValueError(
@@ -374,10 +372,14 @@ def _cpu_launch(argv: list[str]) -> list[str]:
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched <= 1 or torch.cuda.is_available() or any(a.startswith(("--use_cpu", "--use-cpu")) for a in argv):
         return argv
+    _say_cpu(launched)
+    return [*argv, "--use_cpu", "true"]
+
+
+def _say_cpu(launched: int) -> None:
     if os.environ.get("RANK", "0") == "0":
         print(f"{launched} processes launched on a machine without a GPU: they train together on the CPU "
               "(--use_cpu true).", file=sys.stderr)  # fmt: skip
-    return [*argv, "--use_cpu", "true"]
 
 
 def main(what: str, argv: list[str] | None = None) -> int:
