@@ -339,6 +339,15 @@ def test_resume_after_interruption_gives_the_same_results(models, reference_run,
         assert merged(tmp_path, name) == merged(reference, name)
 
 
+def test_a_corrupt_sample_line_names_the_file_and_line(models, tmp_path):
+    config = tiny_config(models, tmp_path, methods=("none",), num_prompts=2, fluency_lm="none")
+    part = tmp_path / "generations" / "none" / "part-0.jsonl"
+    part.parent.mkdir(parents=True)
+    part.write_text('{"index": 0, "prompt": "a", "continuations": [], "seconds": 0}\n{"index": 1, "pro\n')
+    with pytest.raises(EvaluationError, match=r"part-0.jsonl, line 2 is not valid JSON .* Delete the file to redo it"):
+        run_evaluation(config)
+
+
 def test_rerun_with_other_sampling_settings_is_refused(models, reference_run):
     output, _ = reference_run
     with pytest.raises(EvaluationError, match=r"other \['seed'\]"):
