@@ -13,7 +13,6 @@ API loads it offline:
 A model trained at full size (no LoRA) is saved and loaded as an ordinary full checkpoint instead.
 """
 
-import difflib
 import hashlib
 import json
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .embedded import EMBEDDED_MODELS, _cache_root, cached_folder, is_embedded, resolve
+from .embedded import _cache_root, _looks_like_path, _unknown, cached_folder, is_embedded, lm_path, resolve
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 DELTA_WEIGHTS = "delta.safetensors"
@@ -133,19 +132,6 @@ class CorruptCheckpointError(OSError):
     """A weights file that cannot be read (truncated, or not safetensors); the message names it and the fix."""
 
 
-def _looks_like_path(name: str) -> bool:
-    """A Hub id is `name` or `org/name`; anything else (absolute, relative, `~`, deeper) is meant as a folder."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
-
-
-def _unknown(name: str, what: str, kind: str, known: list[str]) -> FileNotFoundError:
-    if _looks_like_path(name):
-        return FileNotFoundError(f"{what} {name!r}: the path does not exist.")
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return FileNotFoundError(f"{what} {name!r} is neither a folder here nor one of the {kind} {known}.{hint}")
-
-
 def reward_model_path(name: str) -> str:
     """Where to load the reward model `name` from: a shipped name (assembled on first use), an existing folder, or an
     `org/name` Hub id. A path that does not exist or a near miss of a shipped name is a `FileNotFoundError` saying so
@@ -156,17 +142,6 @@ def reward_model_path(name: str) -> str:
         return str(Path(name).expanduser())
     if _looks_like_path(name) or "/" not in name:
         raise _unknown(name, "Reward model", "shipped reward models", shipped_models())
-    return name
-
-
-def lm_path(name: str) -> str:
-    """Where to load the causal LM `name` from: an embedded name (converted on first use), a folder or a Hub id."""
-    if is_embedded(name):
-        return resolve(name)
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
-    if _looks_like_path(name) or difflib.get_close_matches(name, list(EMBEDDED_MODELS), n=1, cutoff=0.8):
-        raise _unknown(name, "Language model", "embedded models", sorted(EMBEDDED_MODELS))
     return name
 
 

@@ -11,6 +11,7 @@ The cache lives in `$RAD_Q_HF_CACHE` (default `~/.cache/rad_q_hf`). A conversion
 and renamed into place only when complete, so an interrupted one is never used.
 """
 
+import difflib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -153,4 +154,28 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-__all__ = ["EMBEDDED_MODELS", "CACHE_ENV", "cached_folder", "is_embedded", "package_dir", "resolve"]
+def _looks_like_path(name: str) -> bool:
+    """A Hub id is `name` or `org/name`; anything else (absolute, relative, `~`, deeper) is meant as a folder."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def _unknown(name: str, what: str, kind: str, known: list[str]) -> FileNotFoundError:
+    if _looks_like_path(name):
+        return FileNotFoundError(f"{what} {name!r}: the path does not exist.")
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return FileNotFoundError(f"{what} {name!r} is neither a folder here nor one of the {kind} {known}.{hint}")
+
+
+def lm_path(name: str) -> str:
+    """Where to load the causal LM `name` from: an embedded name (converted on first use), a folder or a Hub id."""
+    if is_embedded(name):
+        return resolve(name)
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if _looks_like_path(name) or difflib.get_close_matches(name, list(EMBEDDED_MODELS), n=1, cutoff=0.8):
+        raise _unknown(name, "Language model", "embedded models", sorted(EMBEDDED_MODELS))
+    return name
+
+
+__all__ = ["EMBEDDED_MODELS", "CACHE_ENV", "cached_folder", "is_embedded", "lm_path", "package_dir", "resolve"]

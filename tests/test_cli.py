@@ -145,6 +145,10 @@ def test_train_subcommands(models, tmp_path, capsys):
               "--output_dir", str(tmp_path / "s")])  # fmt: skip
     assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
+        main(["train", "toxicity", "--backbone", "smolm2-135m", "--train_file", str(data), "--output_dir",
+              str(tmp_path / "t")])  # fmt: skip
+    assert exit_info.value.code == 2 and "Did you mean 'smollm2-135m'?" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
         main(["train", "distill", "--teacher", str(models / "rad-q"), "--backbone", str(models / "lm"),
               "--train_file", str(data), "--output_dir", str(tmp_path / "d")])  # fmt: skip
     assert exit_info.value.code == 2 and "not a RAD-V one" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 from transformers.trainer_utils import get_last_checkpoint
 
 from .. import data as rdata
-from ..embedded import EMBEDDED_MODELS, resolve
+from ..embedded import EMBEDDED_MODELS, lm_path
 from ..modeling_rad_q import RadQForRewardModeling
 from ..modeling_rad_v import RadVForRewardModeling
 from .adapters import lora_config
@@ -88,7 +88,9 @@ class DistillArguments:
 
 
 def backbone_path(name: str) -> str:
-    return str(resolve(name)) if name in EMBEDDED_MODELS else name
+    """An embedded model's converted folder, an existing folder, or a Hub id; a missing path or a near miss of an
+    embedded name is a `FileNotFoundError` saying so."""
+    return lm_path(name)
 
 
 def build_reward_model(args: ModelArguments, label_names: list[str]):
