@@ -72,7 +72,9 @@ class ConfigParser(HfArgumentParser):
         self.exit(2, f"rad-q: error: {message}\n")
 
     def parse(self, argv: list[str]):
-        (config,) = self.parse_args_into_dataclasses(argv, look_for_args_file=False)
+        config, rest = self.parse_args_into_dataclasses(argv, return_remaining_strings=True, look_for_args_file=False)
+        if rest:
+            self.error(f"unrecognized arguments: {' '.join(rest)}")
         return config
 
 

@@ -467,6 +467,11 @@ def test_evaluate_flags_follow_the_config(models, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "--num-prompts", "many"])
     assert exit_info.value.code == 2 and "rad-q: error: argument --num_prompts" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--num-promts", "3"])  # a typo
+    assert (
+        exit_info.value.code == 2 and "rad-q: error: unrecognized arguments: --num-promts 3" in capsys.readouterr().err
+    )
 
 
 def test_run_evaluation_leaves_a_callers_process_group_open(models, tmp_path):
