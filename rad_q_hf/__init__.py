@@ -9,6 +9,7 @@ from .checkpoints import default_checkpoint, shipped_models
 from .configuration_rad_q import RadQConfig
 from .configuration_rad_v import RadVConfig
 from .decoding import RADQ, RADV, RewardAugmentedLogitsProcessor, RewardTerm
+from .generation import reward_augmented_generate
 from .modeling_rad_q import RadQForRewardModeling
 from .modeling_rad_v import RadPreTrainedModel, RadVForRewardModeling, RewardModelOutput, cumulative_mse_loss
 
@@ -34,5 +35,6 @@ __all__ = [
     "RewardModelOutput",
     "cumulative_mse_loss",
     "default_checkpoint",
+    "reward_augmented_generate",
     "shipped_models",
 ]

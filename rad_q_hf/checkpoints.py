@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .embedded import _cache_root, _looks_like_path, _unknown, cached_folder, is_embedded, lm_path, resolve
+from .generation import write_custom_generate
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 DELTA_WEIGHTS = "delta.safetensors"
@@ -98,7 +99,10 @@ def default_checkpoint(name: str, cache_dir: str | os.PathLike | None = None) ->
     root = Path(cache_dir) if cache_dir is not None else _cache_root()
     target = root / "reward_models" / f"{src.name}-{digest}"
     note = f"assembling the shipped reward model {src.name} into {target}, once"
-    return cached_folder(target, lambda tmp: _assemble(src, tmp), note)
+    folder = cached_folder(target, lambda tmp: _assemble(src, tmp), note)
+    if not (Path(folder) / "custom_generate" / "generate.py").is_file():  # assembled by an older version
+        write_custom_generate(folder)
+    return folder
 
 
 def _assemble(src: Path, out_dir: Path) -> None:

@@ -12,11 +12,18 @@ At every step the LM's top-k candidates `v` get `z_v + β·clamp(r_v, 0, 1)` (or
 tracks the rows it saw: a row set that grew by one column continues the cache; rows that beam search reordered are
 matched to their previous rows and the cache is reordered; anything else (a new `generate` call, a different row
 count) rebuilds the cache from the full `input_ids`. The prompt's `attention_mask` must be given for left-padded
-batches. Temperature, applied by `generate` after this processor, also divides β: use `temperature=1` as the
-papers do.
+batches: a batch whose rows start with the pad token and no mask is refused, and so is a mask of another shape or
+one that marks real tokens as padding. Temperature, applied by `generate` after this processor, also divides β: use
+`temperature=1` as the papers do. `generate(custom_generate=rad_q_hf.reward_augmented_generate, ...)` avoids all of
+this: it hands the processor `generate`'s own mask and puts the temperature before the reward.
+
+The reward models are scored in eval mode (dropout off) and left in the mode they were in. Call `reset()` to free
+the reward models' caches after a `generate` call (the custom-generate route does it itself).
 """
 
 import math
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -121,39 +128,42 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
         if top_k is None and top_p is None:
             raise ValueError("Give `top_k`, `top_p` or both: RAD adds rewards to a filtered candidate set.")
         vocab_sizes = {t.reward_model.config.vocab_size for t in terms}
-        if len(vocab_sizes) > 1:
-            raise ValueError(f"The reward models have different vocabulary sizes {sorted(vocab_sizes)}.")
+        if len(vocab_sizes) > 1 and tokenizer is None:
+            raise ValueError(
+                f"The reward models have different vocabulary sizes {sorted(vocab_sizes)}: pass `tokenizer=` (the "
+                "LM's) so the shared token → id map can be checked (embedding matrices padded to different sizes)."
+            )
         self.scorers = [_make_scorer(t, self.expected_model_type) for t in terms]
         if top_k is None and any(isinstance(s, _RadVScorer) for s in self.scorers):
             raise ValueError("RAD-V scores a fixed number of candidates per step: set `top_k` (e.g. 20).")
-        self.top_k, self.top_p = top_k, top_p
-        self.vocab_size = vocab_sizes.pop()
-        # With the LM tokenizer known, a stale mask (a reused processor, new prompts) is caught at the prefill.
-        self.pad_token_id = getattr(tokenizer, "pad_token_id", None)
+        # Ids ≥ the smallest reward-model vocabulary are never real tokens once the tokenizer is checked.
+        self.vocab_size = min(vocab_sizes)
+        self.top_k = min(top_k, self.vocab_size) if top_k is not None else None  # top_k=10**6 means "all"
+        self.top_p = top_p
+        self.num_tokens = None  # the LM tokenizer's size, when known: LM scores may be wider (padding rows)
         if tokenizer is not None:
             _check_tokenizer(tokenizer, terms)
+            self.num_tokens = len(tokenizer)
+        self.pad_token_ids = _pad_token_ids(tokenizer, terms)
         self.reset(attention_mask)
 
     def reset(self, attention_mask: torch.Tensor | None = None) -> None:
-        """Forget the cached state; give the next prompt's `attention_mask` before reusing the processor for it."""
+        """Forget the cached state (frees the reward models' caches); give the next prompt's `attention_mask`."""
         if attention_mask is not None and attention_mask.dim() != 2:
             raise ValueError(f"`attention_mask` must be (num_prompts, prompt_len), got {tuple(attention_mask.shape)}.")
         self.prompt_mask = attention_mask
         self._ids = None  # (N, P) rows seen at the last call
         self._mask = None  # (N, P) their attention mask
+        self._cand = None  # (N, k) their candidates (RAD-V: which cache row holds the chosen token)
         for scorer in self.scorers:
             scorer.reset()
 
     # ----------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if scores.shape[-1] != self.vocab_size:
-            raise ValueError(
-                f"The LM scores {scores.shape[-1]} tokens but the reward model's vocabulary has {self.vocab_size}: "
-                "RAD needs the LM and the reward model to share one tokenizer (same token → id map)."
-            )
+        z = self._shared_vocabulary(scores)  # (N, V') the columns that are real tokens for every model
         N, P = input_ids.shape
-        beam_idx, continues = self._match_previous_rows(input_ids)
+        beam_idx, continues, reencode = self._match_previous_rows(input_ids)
         if continues:
             mask = torch.cat(
                 [self._mask[beam_idx] if beam_idx is not None else self._mask, self._mask.new_ones(N, 1)], 1
@@ -163,64 +173,127 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
 
         # Candidate set: top-k (then top-p inside it), or top-p over the whole vocabulary (RAD-Q only).
         if self.top_k is not None:
-            cand_scores, cand = scores.topk(min(self.top_k, scores.shape[-1]), dim=-1)  # (N, k), sorted
+            cand_scores, cand = z.topk(min(self.top_k, z.shape[-1]), dim=-1)  # (N, k), sorted
         else:
-            cand_scores, cand = scores, None  # (N, V)
+            cand_scores, cand = z, None  # (N, V')
         keep = _top_p_keep(cand_scores, self.top_p, sorted_=cand is not None) if self.top_p is not None else None
 
         bonus = torch.zeros_like(cand_scores, dtype=torch.float32)
         for scorer in self.scorers:
-            r = (
-                scorer.prefill(input_ids, mask, cand)
-                if not continues
-                else scorer.step(input_ids[:, -1:], mask, beam_idx, cand)
-            )
+            if not continues or (reencode and isinstance(scorer, _RadVScorer)):
+                r = scorer.prefill(input_ids, mask, cand)
+            else:
+                r = scorer.step(input_ids[:, -1:], mask, beam_idx, cand)
             bonus += scorer.weight(r).to(bonus.device)  # the reward model may sit on another device
         new = cand_scores.float() + bonus
         if keep is not None:
             new = new.masked_fill(~keep, -math.inf)
-        self._ids, self._mask = input_ids, mask
+        self._ids, self._mask, self._cand = input_ids, mask, cand
+        out = torch.full_like(scores, -math.inf)
         if cand is None:
-            return new.to(scores.dtype)
-        return torch.full_like(scores, -math.inf).scatter(-1, cand, new.to(scores.dtype))
+            out[:, : new.shape[-1]] = new.to(scores.dtype)
+            return out
+        return out.scatter(-1, cand, new.to(scores.dtype))
+
+    def _shared_vocabulary(self, scores):
+        """The LM scores restricted to ids every model knows: `scores` itself when the widths match (the usual case).
+
+        Embedding matrices are often padded past the tokenizer (Pythia: 50,277 tokens, 50,304 or 50,432 rows). With
+        the tokenizer checked against the reward models, the extra LM columns are never real tokens: they get −inf.
+        """
+        V = scores.shape[-1]
+        if V == self.vocab_size:
+            return scores
+        if self.num_tokens is None or self.num_tokens > min(V, self.vocab_size):
+            raise ValueError(
+                f"The LM scores {V} tokens but the reward model's vocabulary has {self.vocab_size}: RAD needs the LM "
+                "and the reward model to share one tokenizer (same token → id map). If they do and only the "
+                "embedding matrices are padded to different sizes, pass the LM's `tokenizer=` to the processor."
+            )
+        return scores[:, : self.vocab_size]
 
     def _match_previous_rows(self, input_ids):
-        """Whether these rows extend the previous call's rows by one token, and how beam search reordered them.
+        """Whether these rows extend the previous call's rows by one token, how beam search reordered them, and
+        whether RAD-V must re-encode because a sampled token was none of its row's candidates.
 
-        Returns (beam_idx or None, continues). One host sync per step (a bool), only to pick the code path.
+        Returns (beam_idx or None, continues, reencode). One host sync per step, only to pick the path.
         """
         prev = self._ids
         if prev is None or prev.shape[0] != input_ids.shape[0] or prev.shape[1] + 1 != input_ids.shape[1]:
-            return None, False
+            return None, False, False
         head = input_ids[:, :-1]
         match = (head[:, None, :] == prev[None, :, :]).all(-1)  # (N_new, N_old)
-        # Both answers in one transfer: the only host sync per step (beam search's reorder included).
-        same, known = torch.stack([(head == prev).all(), match.any(-1).all()]).tolist()
+        beam_idx = match.int().argmax(-1)  # (N,) previous row of each new row, when beam search reordered them
+        off_same = self._off_candidates(input_ids[:, -1], None)
+        off_beam = self._off_candidates(input_ids[:, -1], beam_idx)
+        # Every answer in one transfer: the only host sync per step (beam reorder and RAD-V's check included).
+        flags = [(head == prev).all(), match.any(-1).all()]
+        if off_same is not None:
+            flags += [off_same.any(), off_beam.any()]
+        same, known, *any_off = torch.stack(flags).tolist()
         if same:
-            return None, True
+            return None, True, bool(any_off and any_off[0])
         if not known:
-            return None, False  # not a reorder of the rows we know (e.g. a new generate call): rebuild
-        return match.int().argmax(-1), True  # (N,) previous row of each new row
+            return None, False, False  # not a reorder of the rows we know (e.g. a new generate call): rebuild
+        return beam_idx, True, bool(any_off and any_off[1])
+
+    def _off_candidates(self, new_tok, beam_idx):
+        """(N,) rows whose new token is none of their candidates (a processor after RAD forced it) and not padding of
+        a finished row; None without RAD-V (RAD-Q feeds the actual token, any token)."""
+        if self._cand is None or not any(isinstance(s, _RadVScorer) for s in self.scorers):
+            return None
+        cand = self._cand if beam_idx is None else self._cand[beam_idx]  # (N, k)
+        off = (cand != new_tok[:, None]).all(-1)
+        if self.pad_token_ids is not None:
+            off &= ~torch.isin(new_tok, self._pad_ids_on(new_tok.device))
+        return off
+
+    def _pad_ids_on(self, device):
+        """`pad_token_ids` on `device`, copied once (no host → device copy per step)."""
+        if self.pad_token_ids.device != device:
+            self.pad_token_ids = self.pad_token_ids.to(device)
+        return self.pad_token_ids
 
     def _initial_mask(self, input_ids):
         N, P = input_ids.shape
         if self.prompt_mask is None:
+            self._check_unpadded(input_ids)
             return torch.ones_like(input_ids)
         m = self.prompt_mask.to(input_ids.device).long()
-        if N % m.shape[0] or m.shape[1] > P:
+        if N % m.shape[0] or m.shape[1] != P:
             raise ValueError(
                 f"The processor's attention_mask {tuple(m.shape)} does not fit these prompts ({N} rows × {P} tokens). "
-                "Pass the mask of the prompts given to `generate` (processor.reset(attention_mask=...) before reuse)."
+                "Pass the mask of the prompts given to `generate` (processor.reset(attention_mask=...) before reuse), "
+                "or let generate pass it: generate(..., custom_generate=rad_q_hf.reward_augmented_generate)."
             )
         # generate repeats each prompt num_return_sequences (or num_beams) times, interleaved.
         m = m.repeat_interleave(N // m.shape[0], dim=0)
-        pad_id = self.pad_token_id
-        if pad_id is not None and not bool((input_ids[:, : m.shape[1]][m == 0] == pad_id).all()):
+        masked = input_ids[m == 0]
+        pad = self.pad_token_ids
+        # Padding holds a pad id (or, with no pad id known, one and the same id): anything else is another batch.
+        stale = ~torch.isin(masked, self._pad_ids_on(masked.device)) if pad is not None else masked != masked[:1]
+        if bool(stale.any()):
             raise ValueError(
                 "attention_mask marks as padding some positions that hold real tokens: it is not the mask of these "
-                "prompts. Call processor.reset(attention_mask=...) with the new prompts' mask before reusing it."
+                "prompts. Call processor.reset(attention_mask=...) with the new prompts' mask before reusing it, "
+                "or let generate pass it: generate(..., custom_generate=rad_q_hf.reward_augmented_generate)."
             )
-        return torch.cat([m, m.new_ones(N, P - m.shape[1])], dim=1)
+        return m
+
+    def _check_unpadded(self, input_ids):
+        """Without a mask every token counts as text: refuse a left-padded batch (rows start with different numbers
+        of pad tokens; a BOS that equals the pad id starts every row once and is not padding)."""
+        if self.pad_token_ids is None or input_ids.shape[0] < 2:
+            return
+        is_pad = torch.isin(input_ids, self._pad_ids_on(input_ids.device)).long()
+        leading = is_pad.cumprod(-1).sum(-1)  # (N,) pad tokens at the start of each row
+        if bool(leading.min() != leading.max()):
+            raise ValueError(
+                "These prompts are left-padded (some rows start with pad tokens) but the processor has no "
+                "attention_mask, so the pads would be scored as text. Use generate(..., custom_generate="
+                "rad_q_hf.reward_augmented_generate, reward_model=...), which takes generate's own mask, or pass "
+                "attention_mask=batch['attention_mask'] to the processor."
+            )
 
 
 class RADQ(RewardAugmentedLogitsProcessor):
@@ -239,7 +312,7 @@ class RADV(RewardAugmentedLogitsProcessor):
 # per-reward-model state
 class _Scorer:
     def __init__(self, term: RewardTerm):
-        self.model = term.reward_model.eval()  # dropout off: rewards must not depend on the RNG
+        self.model = term.reward_model  # scored in eval mode (see `_eval_mode`), its own mode left alone
         config = self.model.config
         self.label = config.label_index(term.label)
         if term.direction not in ("maximize", "minimize"):
@@ -275,8 +348,9 @@ class _RadQScorer(_Scorer):
         bos = torch.full_like(ids[:, :1], self.model.config.bos_token_id)
         ids = torch.cat([bos, ids], 1).to(device)
         mask = torch.cat([torch.ones_like(bos), mask], 1).to(device)  # BOS counts as real
-        hidden, self.cache = self.model.encode(ids, mask, use_cache=True)  # (N, 1+P, d)
-        return self._score(hidden[:, -1], cand)
+        with _eval_mode(self.model):
+            hidden, self.cache = self.model.encode(ids, mask, use_cache=True)  # (N, 1+P, d)
+            return self._score(hidden[:, -1], cand)
 
     def step(self, new_tok, mask, beam_idx, cand):
         self._check_length(mask.shape[1] + 1)
@@ -284,8 +358,9 @@ class _RadQScorer(_Scorer):
         if beam_idx is not None:
             self.cache.reorder_cache(beam_idx.to(device))
         mask = torch.cat([torch.ones_like(mask[:, :1]), mask], 1).to(device)
-        hidden, self.cache = self.model.encode(new_tok.to(device), mask, cache=self.cache, use_cache=True)
-        return self._score(hidden[:, -1], cand)
+        with _eval_mode(self.model):
+            hidden, self.cache = self.model.encode(new_tok.to(device), mask, cache=self.cache, use_cache=True)
+            return self._score(hidden[:, -1], cand)
 
     def _score(self, h, cand):  # h (N, d) -> (N, k) or (N, V)
         q = cand.to(h.device) if cand is not None else None
@@ -300,9 +375,13 @@ class _RadVScorer(_Scorer):
         self.cand = None  # (N, k) candidates of the previous step: find which one was chosen
 
     def prefill(self, ids, mask, cand):
+        """Encode the full rows (the first call, or a re-encode when a token was none of the candidates)."""
         self._check_length(ids.shape[1] + 1)
+        self._check_fits(cand.shape[0] * cand.shape[1], ids.shape[1] + 1)
         device = self.model.device
-        _, self.cache = self.model.encode(ids.to(device), mask.to(device), use_cache=True)
+        self.cache = None  # free the old cache before the new one is built
+        with _eval_mode(self.model):
+            _, self.cache = self.model.encode(ids.to(device), mask.to(device), use_cache=True)
         self.cache.batch_repeat_interleave(cand.shape[1])  # (N·k) rows, each holding the prefix
         return self._score_candidates(mask, cand)
 
@@ -312,8 +391,8 @@ class _RadVScorer(_Scorer):
         k_prev = self.cand.shape[1]
         src = beam_idx.to(device) if beam_idx is not None else torch.arange(len(new_tok), device=device)  # (N,)
         # The cache rows already hold prefix ⊕ candidate: keep the chosen candidate's row of each source row. A token
-        # outside the candidates only follows a finished row (generate pads it); such a row keeps candidate 0 and
-        # its later scores, which generate discards, are not recomputed.
+        # outside the candidates of a running row makes the processor re-encode (`prefill`) instead; here it can
+        # only be the padding of a finished row, which keeps candidate 0 (generate discards its later scores).
         chosen = (self.cand[src] == new_tok.to(device)).int().argmax(-1)  # (N,)
         self.cache.batch_select_indices((src * k_prev + chosen).repeat_interleave(cand.shape[1]))  # one gather
         return self._score_candidates(mask, cand)
@@ -323,8 +402,25 @@ class _RadVScorer(_Scorer):
         N, k = cand.shape
         self.cand = cand.to(device)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1).to(device).repeat_interleave(k, dim=0)  # (N·k, P+1)
-        hidden, self.cache = self.model.encode(self.cand.reshape(N * k, 1), mask, cache=self.cache, use_cache=True)
-        return self.model.score_hidden(hidden[:, -1], label=self.label).view(N, k)
+        with _eval_mode(self.model):
+            hidden, self.cache = self.model.encode(self.cand.reshape(N * k, 1), mask, cache=self.cache, use_cache=True)
+            return self.model.score_hidden(hidden[:, -1], label=self.label).view(N, k)
+
+    def _check_fits(self, rows: int, n_tokens: int) -> None:
+        """Refuse, before the first forward, a cache of `rows` × `n_tokens` that cannot fit in free memory."""
+        bc = self.model.config.backbone_config
+        heads = getattr(bc, "num_attention_heads", 1)
+        head_dim = getattr(bc, "head_dim", None) or bc.hidden_size // heads
+        kv_heads = getattr(bc, "num_key_value_heads", None) or heads
+        per_token = 2 * bc.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize  # keys + values
+        need = 2 * rows * n_tokens * per_token  # ×2: repeat-interleave and the next step copy the cache
+        free = _free_memory(self.model.device)
+        if free is not None and need > free:
+            raise ValueError(
+                f"RAD-V would hold {rows} cache rows (prompts × samples × top_k) of {n_tokens} tokens, about "
+                f"{need / 2**30:.1f} GiB, but only {free / 2**30:.1f} GiB are free on {self.model.device}: lower "
+                "`top_k`, the batch size or num_return_sequences (or use RAD-Q, whose cost does not grow with k)."
+            )
 
 
 def _make_scorer(term: RewardTerm, expected_model_type: str | None) -> _Scorer:
@@ -342,6 +438,42 @@ def _make_scorer(term: RewardTerm, expected_model_type: str | None) -> _Scorer:
     if model_type == "rad_v":
         return _RadVScorer(term)
     raise TypeError(f"Expected a RAD-V or RAD-Q reward model, got {type(term.reward_model).__name__}.")
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """Score with dropout off (rewards must not depend on the RNG), then give every module back its own mode."""
+    if not model.training:  # the usual case: nothing to switch
+        yield
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on `device`, or None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu" and os.path.exists("/proc/meminfo"):
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    return None
+
+
+def _pad_token_ids(tokenizer, terms) -> torch.Tensor | None:
+    """Ids that can be padding: the LM tokenizer's pad, the reward models' pad and EOS (GPT-2 pads with EOS)."""
+    ids = [getattr(tokenizer, "pad_token_id", None)]
+    for term in terms:
+        ids += [term.reward_model.config.pad_token_id, term.reward_model.config.eos_token_id]
+    flat = {i for x in ids if x is not None for i in (x if isinstance(x, (list, tuple)) else [x])}
+    return torch.tensor(sorted(flat)) if flat else None
 
 
 def _top_p_keep(scores: torch.Tensor, top_p: float, sorted_: bool) -> torch.Tensor:

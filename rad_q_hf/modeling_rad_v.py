@@ -6,7 +6,9 @@ cumulative length-weighted MSE and the backbone plumbing (padding-aware position
 Imports only torch, transformers and siblings, so it also works as Hub remote code.
 """
 
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -65,6 +67,15 @@ class RadPreTrainedModel(PreTrainedModel):
         if config.backbone_config is None:
             raise ValueError(f"{type(self).__name__} needs `config.backbone_config` (the causal backbone's config).")
         self.backbone = backbone if backbone is not None else AutoModel.from_config(config.backbone_config)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        # `lm.generate(custom_generate=<this folder>, trust_remote_code=True)` steers with this model. The template
+        # ships with rad_q_hf; run as remote code (no package) the folder is saved without it.
+        template = Path(__file__).parent / "templates" / "custom_generate.py"
+        if template.is_file() and kwargs.get("is_main_process", True):
+            (Path(save_directory) / "custom_generate").mkdir(exist_ok=True)
+            shutil.copy(template, Path(save_directory) / "custom_generate" / "generate.py")
 
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()

@@ -258,3 +258,94 @@ def test_tokenizer_with_a_different_id_map_is_rejected(tokenizer, tmp_path):
         RADQ(loaded, tokenizer=tokenizer)
     tokenizer.save_pretrained(tmp_path)  # the matching tokenizer passes
     RADQ(loaded, tokenizer=tokenizer)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# never silently wrong on the explicit path
+
+
+def generate_with(lm, ids, proc, mask=None, **kw):
+    gen = dict(do_sample=True, max_new_tokens=3, pad_token_id=PAD, eos_token_id=1, top_k=0) | kw
+    torch.manual_seed(0)
+    return lm.generate(ids, attention_mask=mask, logits_processor=[proc], **gen)
+
+
+@pytest.mark.parametrize("kind", ["rad_q", "rad_v"])
+def test_left_padded_batch_without_mask_is_refused(kind):
+    lm, rm = build_lm("gpt2"), build_reward_model(kind, "gpt2", V)
+    ids, mask = prompts([6, 3, 1])
+    with pytest.raises(ValueError, match=r"left-padded.*custom_generate=rad_q_hf.reward_augmented_generate"):
+        generate_with(lm, ids, RewardAugmentedLogitsProcessor(rm, top_k=5), mask)  # no tokenizer: the RM's pad id
+    # Every row starting once with a BOS that is also the pad id is not padding.
+    same = torch.cat([torch.full((3, 1), PAD), prompts([4, 4, 4])[0]], 1)
+    generate_with(lm, same, RewardAugmentedLogitsProcessor(rm, top_k=5))
+
+
+def test_mask_of_another_shape_is_refused():
+    lm, rm = build_lm("gpt2"), build_reward_model("rad_q", "gpt2", V)
+    ids, mask = prompts([6, 3, 1])
+    with pytest.raises(ValueError, match="does not fit"):  # was padded with ones (scoring the pads as text)
+        generate_with(lm, ids, RADQ(rm, top_k=5, attention_mask=mask[:, 2:]), mask)
+
+
+@pytest.mark.parametrize("pad_id", [PAD, None])
+def test_stale_mask_is_caught_without_a_tokenizer(pad_id):
+    lm, rm = build_lm("gpt2"), build_reward_model("rad_q", "gpt2", V)
+    rm.config.pad_token_id = rm.config.eos_token_id = pad_id  # None: only the mask itself tells
+    ids1, mask1 = prompts([5, 2], seed=1)
+    ids2, mask2 = prompts([2, 5], seed=2)
+    proc = RADQ(rm, top_k=5, attention_mask=mask1)
+    generate_with(lm, ids1, proc, mask1)
+    with pytest.raises(ValueError, match="reset"):
+        generate_with(lm, ids2, proc, mask2)
+
+
+@pytest.mark.parametrize("kind", ["rad_q", "rad_v"])
+def test_reward_models_mode_is_left_alone(kind):
+    """Scored in eval mode (dropout off), but the user's model keeps the mode it had, module by module."""
+    lm = build_lm("gpt2")
+    ids, mask = prompts([6, 3, 1])
+    rm = build_reward_model(kind, "gpt2", V)
+    rm.config.backbone_config.resid_pdrop = 0.5
+    noisy = type(rm)(rm.config).eval()
+    noisy.load_state_dict(rm.state_dict())
+    for m in noisy.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.5
+    expected = generate_with(lm, ids, RewardAugmentedLogitsProcessor(noisy, top_k=5, attention_mask=mask), mask)
+    noisy.train()
+    noisy.backbone.h[0].eval()  # a mixed state must survive too
+    modes = [m.training for m in noisy.modules()]
+    got = generate_with(lm, ids, RewardAugmentedLogitsProcessor(noisy, top_k=5, attention_mask=mask), mask)
+    assert [m.training for m in noisy.modules()] == modes
+    assert torch.equal(got, expected)  # dropout was off while scoring
+
+
+@pytest.mark.parametrize("lm_vocab,rm_vocab", [(128, V), (V, 136)])
+def test_vocabularies_padded_to_different_sizes(tokenizer, lm_vocab, rm_vocab):
+    """Pythia-style: one tokenizer (120 tokens), embedding matrices of 128 / 136 rows."""
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_config(BACKBONES["gpt2"](lm_vocab)).eval()
+    rm = spread(build_reward_model("rad_q", "gpt2", rm_vocab, seed=1))
+    ids, mask = prompts([6, 3, 1])
+    with pytest.raises(ValueError, match="pass the LM's `tokenizer=`"):
+        generate_with(lm, ids, RADQ(rm, top_k=5, attention_mask=mask), mask)
+    recorder = Recorder(RADQ(rm, beta=3.0, top_k=5, attention_mask=mask, tokenizer=tokenizer))
+    out = generate_with(lm, ids, recorder, mask, max_new_tokens=5)
+    assert int(out.max()) < len(tokenizer)
+    reference = ReferenceRAD([RewardTerm(rm, 3.0)], 5, None, mask)
+    for step_ids, raw, processed in recorder.calls:
+        n = len(tokenizer)
+        assert not processed[:, n:].isfinite().any()  # padding rows of the LM never become candidates
+        torch.testing.assert_close(processed[:, :n], reference(step_ids, raw[:, :n])[:, :n], rtol=1e-4, atol=1e-4)
+
+
+def test_rad_v_top_k_is_capped_and_oversized_caches_are_refused(monkeypatch):
+    import rad_q_hf.decoding as decoding
+
+    rm = build_reward_model("rad_v", "gpt2", V)
+    assert RADV(rm, top_k=10**6).top_k == V
+    monkeypatch.setattr(decoding, "_free_memory", lambda device: 10_000)
+    monkeypatch.setattr(type(rm), "encode", lambda *a, **k: pytest.fail("no forward before the size check"))
+    with pytest.raises(ValueError, match=r"1200 cache rows .* lower `top_k`"):
+        RADV(rm, top_k=10**6)(torch.full((10, 4), 5), torch.zeros(10, V))

@@ -1,0 +1,250 @@
+"""Mask-free reward-augmented decoding: `lm.generate(..., custom_generate=reward_augmented_generate, reward_model=rm)`.
+
+`generate(custom_generate=<callable>)` runs all of `generate`'s input preparation (left padding, the attention mask,
+`num_return_sequences` / beam expansion, the cache) and then hands the decoding loop to the callable, with the
+prepared `model_kwargs["attention_mask"]` already expanded to one row per sequence. This module builds a fresh RAD
+processor from that state, puts it into the prepared processor list and delegates to `generate`'s own loop
+(`_sample` or `_beam_search`). The user never passes the mask, so it cannot be missing, stale or of the wrong shape.
+
+What it sets, and why:
+- `top_k` / `top_p` / `temperature` given to `generate` are RAD's: the candidate set is the LM's top-k (then top-p)
+  and the temperature divides the LM's logits *before* the reward is added, so it never divides β. `generate`'s own
+  top-k / top-p / temperature warpers (including defaults such as `top_k=50` or an LM's `generation_config.json`)
+  are removed: they would act on `z + β·r`.
+- It refuses what RAD cannot do correctly: assisted / prompt-lookup decoding (rolls back speculated tokens),
+  contrastive, DoLa, group or constrained beam search, the warpers `min_p`, `typical_p`, `epsilon_cutoff`,
+  `eta_cutoff`, `top_h` (they would filter the reward-augmented distribution), `inputs_embeds` without `input_ids`
+  and encoder-decoder LMs.
+
+A saved reward-model folder carries `custom_generate/generate.py` (written by `save_pretrained`), so
+`lm.generate(**batch, custom_generate="<reward-model folder>", trust_remote_code=True)` steers with that folder's
+model. That file imports this package (the processor is not duplicated into every checkpoint); without it
+installed it stops with an `ImportError` that says so. The reward model itself loads without the package.
+
+Known transformers limitation (5.17-5.24): with a callable `custom_generate`, `generate` drops `streamer=`,
+`synced_gpus=` and `tokenizer=`/`stop_strings`'s tokenizer before calling the callable; pass the processor
+explicitly (`logits_processor=[RADQ(...)]`) when you need a streamer.
+"""
+
+from contextlib import suppress
+from pathlib import Path
+
+import torch
+from transformers import (
+    GenerationConfig,
+    LogitsProcessorList,
+    PreTrainedModel,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.generation.configuration_utils import GenerationMode
+
+from .decoding import RewardAugmentedLogitsProcessor, RewardTerm
+from .modeling_rad_v import RadPreTrainedModel
+
+CUSTOM_GENERATE_TEMPLATE = Path(__file__).parent / "templates" / "custom_generate.py"
+# generate's decoding loops that RAD can ride on; everything else is refused.
+_LOOPS = {
+    GenerationMode.GREEDY_SEARCH: "_sample",
+    GenerationMode.SAMPLE: "_sample",
+    GenerationMode.BEAM_SEARCH: "_beam_search",
+    GenerationMode.BEAM_SAMPLE: "_beam_search",
+}
+# Warpers generate appends after the user's processors when sampling: (config field, "is it active?").
+_HANDLED_WARPERS = {
+    "temperature": lambda v: v is not None and v != 1.0,
+    "top_k": lambda v: v is not None and v != 0,
+    "top_p": lambda v: v is not None and v < 1.0,
+}
+_REFUSED_WARPERS = {
+    "top_h": lambda v: v is not None,
+    "min_p": lambda v: v is not None,
+    "typical_p": lambda v: v is not None and v < 1.0,
+    "epsilon_cutoff": lambda v: v is not None and 0.0 < v < 1.0,
+    "eta_cutoff": lambda v: v is not None and 0.0 < v < 1.0,
+}
+
+
+def reward_augmented_generate(
+    model: PreTrainedModel,
+    input_ids: torch.LongTensor,
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: GenerationConfig,
+    synced_gpus: bool = False,
+    streamer=None,
+    reward_model: RadPreTrainedModel | str | list | None = None,
+    beta: float = 10.0,
+    label: int | str = 0,
+    direction: str = "maximize",
+    top_k: int | None = 20,
+    top_p: float | None = None,
+    temperature: float = 1.0,
+    **model_kwargs,
+):
+    r"""
+    Reward-augmented decoding as a `generate(custom_generate=...)` loop: the RAD processor is built from
+    `generate`'s own attention mask (left padding, `num_return_sequences` and beams handled), so none is passed.
+
+    Args:
+        reward_model: a RAD-V or RAD-Q reward model, a path or Hub id of one, or a list of [`RewardTerm`]s /
+            tuples `(reward_model, beta[, label[, direction]])` for a sum of reward terms (then `beta`, `label` and
+            `direction` are ignored).
+        beta, label, direction: as in [`RewardAugmentedLogitsProcessor`].
+        top_k, top_p: RAD's candidate set (the LM's top-k, then top-p within it; RAD-Q may use `top_k=None` with
+            `top_p`). `generate`'s own top-k / top-p warpers are switched off.
+        temperature: divides the LM's logits before the reward is added (never β). Only used when sampling.
+
+    The other arguments are `generate`'s; do not call this function directly.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from transformers import AutoModelForCausalLM, GPT2Config
+    >>> import rad_q_hf
+    >>> backbone = GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=1)
+    >>> lm = AutoModelForCausalLM.from_config(backbone)
+    >>> rm = rad_q_hf.RadQForRewardModeling(rad_q_hf.RadQConfig(backbone_config=backbone))
+    >>> ids = torch.tensor([[2, 2, 5, 6], [7, 8, 9, 10]])  # left-padded batch (pad id 2)
+    >>> mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    >>> out = lm.generate(ids, attention_mask=mask, custom_generate=rad_q_hf.reward_augmented_generate,
+    ...                   reward_model=rm, beta=10.0, top_k=5, do_sample=True, max_new_tokens=3,
+    ...                   min_new_tokens=3, num_return_sequences=2, pad_token_id=2)
+    >>> out.shape  # 2 prompts × 2 samples, 4 prompt + 3 new tokens
+    torch.Size([4, 7])
+
+    ```
+    """
+    loop = _check_supported(model, input_ids, generation_config, model_kwargs)
+    if reward_model is None:
+        raise ValueError("Pass `reward_model=` (a RAD-V/RAD-Q model, its path, or a list of reward terms).")
+    terms = _terms(reward_model, beta, label, direction, model.device)
+    mask = model_kwargs.get("attention_mask")
+    if mask is None:  # transformers ≥ 5.24 drops an all-ones mask: no padding
+        mask = torch.ones_like(input_ids)
+    rad = RewardAugmentedLogitsProcessor.combine(
+        terms, top_k=top_k, top_p=top_p, attention_mask=mask, tokenizer=_lm_tokenizer(model, terms)
+    )
+    rad.pad_token_ids = _pad_token_ids(rad.pad_token_ids, generation_config)
+    processors = _insert(rad, logits_processor, generation_config, temperature)
+    try:
+        return getattr(type(model), loop)(
+            model,
+            input_ids,
+            logits_processor=processors,
+            stopping_criteria=stopping_criteria,
+            generation_config=generation_config,
+            synced_gpus=synced_gpus,
+            streamer=streamer,
+            **model_kwargs,
+        )
+    finally:
+        rad.reset()  # free the reward models' caches now, not when the processor is collected
+
+
+def _check_supported(model, input_ids, generation_config, model_kwargs) -> str:
+    """The name of generate's loop to delegate to; a clear error for what RAD cannot do correctly."""
+    if model.config.is_encoder_decoder:
+        raise ValueError("Reward-augmented generation supports decoder-only LMs only.")
+    if input_ids.shape[1] == 0:
+        raise ValueError("RAD scores the prompt's tokens: pass `input_ids`, not only `inputs_embeds`.")
+    mode = generation_config.get_generation_mode()
+    if mode not in _LOOPS:
+        raise ValueError(
+            f"Reward-augmented generation cannot run {mode.value.replace('_', ' ')}: it supports greedy, sampling "
+            "and beam search (assisted / prompt-lookup decoding would roll back tokens the reward model has cached)."
+        )
+    refused = [name for name, active in _REFUSED_WARPERS.items() if active(getattr(generation_config, name, None))]
+    if refused and generation_config.do_sample:
+        raise ValueError(
+            f"Reward-augmented generation does not support {refused}: they would filter the reward-augmented "
+            "distribution. RAD filters with its own `top_k` / `top_p` before adding the reward."
+        )
+    return _LOOPS[mode]
+
+
+def _terms(reward_model, beta, label, direction, device) -> list[RewardTerm]:
+    if isinstance(reward_model, (list, tuple)):
+        terms = [t if isinstance(t, RewardTerm) else RewardTerm(*t) for t in reward_model]
+    else:
+        terms = [RewardTerm(reward_model, beta, label, direction)]
+    for term in terms:
+        if isinstance(term.reward_model, (str, Path)):
+            term.reward_model = load_reward_model(term.reward_model, device)
+    return terms
+
+
+def load_reward_model(name_or_path: str | Path, device: torch.device | str | None = None) -> RadPreTrainedModel:
+    """A RAD-V / RAD-Q reward model from a folder or Hub id (the registered Auto class), in eval mode on `device`."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(name_or_path))
+    if not isinstance(model, RadPreTrainedModel):
+        raise TypeError(f"{name_or_path} holds a {type(model).__name__}, not a RAD-V or RAD-Q reward model.")
+    return model.to(device).eval()
+
+
+def _lm_tokenizer(model, terms):
+    """The LM's saved tokenizer, when the LM and a reward model have vocabularies of different sizes.
+
+    Pythia-style embedding matrices are padded to different sizes; comparing the tokenizers (not the sizes) tells a
+    shared vocabulary from a different one. Equal sizes need no tokenizer (the fast path stays as it was).
+    """
+    if all(t.reward_model.config.vocab_size == model.config.vocab_size for t in terms):
+        return None
+    from transformers import AutoTokenizer
+
+    with suppress(OSError, ValueError):
+        return AutoTokenizer.from_pretrained(model.name_or_path, local_files_only=True)
+    return None
+
+
+def _pad_token_ids(known: torch.Tensor | None, generation_config) -> torch.Tensor | None:
+    """The processor's pad ids plus the ones generate uses (its pad id fills finished rows, EOS when it has none)."""
+    ids = set(known.tolist()) if known is not None else set()
+    for x in (generation_config.pad_token_id, generation_config.eos_token_id):
+        ids.update(x if isinstance(x, (list, tuple)) else [] if x is None else [x])
+    return torch.tensor(sorted(ids)) if ids else None
+
+
+def _insert(rad, processors, generation_config, temperature) -> LogitsProcessorList:
+    """`processors` with RAD after the user's and built-in processors, before generate's remaining warpers.
+
+    generate builds the list as [built-ins..., user processors..., warpers...] with the warpers fixed by the
+    generation config, so the tail is known exactly: the temperature / top-k / top-p warpers there are dropped
+    (RAD filters and the temperature moves before it); watermarking and renormalisation stay after RAD.
+    """
+    processors = list(processors)
+    tail = _generated_tail(processors, generation_config)
+    head = processors[: len(processors) - len(tail)]
+    handled = (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+    before = [TemperatureLogitsWarper(temperature)] if generation_config.do_sample and temperature != 1.0 else []
+    return LogitsProcessorList(head + before + [rad] + [p for p in tail if not isinstance(p, handled)])
+
+
+def _generated_tail(processors, generation_config) -> list:
+    """The processors generate appended after the user's: the sampling warpers, then watermarking/renormalising."""
+    n = 0
+    if generation_config.do_sample:
+        n += sum(active(getattr(generation_config, name, None)) for name, active in _HANDLED_WARPERS.items())
+    n += generation_config.watermarking_config is not None
+    n += generation_config.renormalize_logits is True
+    tail = processors[len(processors) - n :] if n else []
+    if n > len(processors):
+        raise RuntimeError("Unexpected logits-processor layout from generate: use logits_processor=[RADQ(...)].")
+    return tail
+
+
+def write_custom_generate(save_directory: str | Path) -> Path:
+    """Write `custom_generate/generate.py` into a reward-model folder, so that
+    `lm.generate(**batch, custom_generate=<folder>, trust_remote_code=True)` steers with it."""
+    target = Path(save_directory) / "custom_generate" / "generate.py"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(CUSTOM_GENERATE_TEMPLATE.read_text())
+    return target
+
+
+__all__ = ["load_reward_model", "reward_augmented_generate", "write_custom_generate"]
