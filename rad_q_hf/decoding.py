@@ -180,8 +180,10 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
 
         bonus = torch.zeros_like(cand_scores, dtype=torch.float32)
         for scorer in self.scorers:
-            if not continues or (reencode and isinstance(scorer, _RadVScorer)):
+            if not continues:
                 r = scorer.prefill(input_ids, mask, cand)
+            elif reencode is not None and isinstance(scorer, _RadVScorer):
+                r = scorer.step(input_ids[:, -1:], mask, beam_idx, cand, reencode=(input_ids, reencode))
             else:
                 r = scorer.step(input_ids[:, -1:], mask, beam_idx, cand)
             bonus += scorer.weight(r).to(bonus.device)  # the reward model may sit on another device
@@ -189,6 +191,8 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
         if keep is not None:
             new = new.masked_fill(~keep, -math.inf)
         self._ids, self._mask, self._cand = input_ids, mask, cand
+        if cand is None and z is scores:  # the usual full-width case: no copy
+            return new.to(scores.dtype)
         out = torch.full_like(scores, -math.inf)
         if cand is None:
             out[:, : new.shape[-1]] = new.to(scores.dtype)
@@ -216,11 +220,12 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
         """Whether these rows extend the previous call's rows by one token, how beam search reordered them, and
         whether RAD-V must re-encode because a sampled token was none of its row's candidates.
 
-        Returns (beam_idx or None, continues, reencode). One host sync per step, only to pick the path.
+        Returns (beam_idx or None, continues, rows to re-encode or None). One host sync per step, only to pick
+        the path; the rare re-encode adds one more.
         """
         prev = self._ids
         if prev is None or prev.shape[0] != input_ids.shape[0] or prev.shape[1] + 1 != input_ids.shape[1]:
-            return None, False, False
+            return None, False, None
         head = input_ids[:, :-1]
         match = (head[:, None, :] == prev[None, :, :]).all(-1)  # (N_new, N_old)
         beam_idx = match.int().argmax(-1)  # (N,) previous row of each new row, when beam search reordered them
@@ -232,10 +237,10 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
             flags += [off_same.any(), off_beam.any()]
         same, known, *any_off = torch.stack(flags).tolist()
         if same:
-            return None, True, bool(any_off and any_off[0])
+            return None, True, off_same.nonzero().squeeze(1) if any_off and any_off[0] else None
         if not known:
-            return None, False, False  # not a reorder of the rows we know (e.g. a new generate call): rebuild
-        return beam_idx, True, bool(any_off and any_off[1])
+            return None, False, None  # not a reorder of the rows we know (e.g. a new generate call): rebuild
+        return beam_idx, True, off_beam.nonzero().squeeze(1) if any_off and any_off[1] else None
 
     def _off_candidates(self, new_tok, beam_idx):
         """(N,) rows whose new token is none of their candidates (a processor after RAD forced it) and not padding of
@@ -375,7 +380,6 @@ class _RadVScorer(_Scorer):
         self.cand = None  # (N, k) candidates of the previous step: find which one was chosen
 
     def prefill(self, ids, mask, cand):
-        """Encode the full rows (the first call, or a re-encode when a token was none of the candidates)."""
         self._check_length(ids.shape[1] + 1)
         self._check_fits(cand.shape[0] * cand.shape[1], ids.shape[1] + 1)
         device = self.model.device
@@ -385,17 +389,30 @@ class _RadVScorer(_Scorer):
         self.cache.batch_repeat_interleave(cand.shape[1])  # (N·k) rows, each holding the prefix
         return self._score_candidates(mask, cand)
 
-    def step(self, new_tok, mask, beam_idx, cand):
+    def step(self, new_tok, mask, beam_idx, cand, reencode=None):
         self._check_length(mask.shape[1] + 1)
         device = self.model.device
         k_prev = self.cand.shape[1]
         src = beam_idx.to(device) if beam_idx is not None else torch.arange(len(new_tok), device=device)  # (N,)
-        # The cache rows already hold prefix ⊕ candidate: keep the chosen candidate's row of each source row. A token
-        # outside the candidates of a running row makes the processor re-encode (`prefill`) instead; here it can
-        # only be the padding of a finished row, which keeps candidate 0 (generate discards its later scores).
+        # The cache rows already hold prefix ⊕ candidate: keep the chosen candidate's row of each source row. A
+        # finished row's padding is none of its candidates: it keeps candidate 0 (generate discards its scores).
         chosen = (self.cand[src] == new_tok.to(device)).int().argmax(-1)  # (N,)
         self.cache.batch_select_indices((src * k_prev + chosen).repeat_interleave(cand.shape[1]))  # one gather
+        if reencode is not None:
+            self._reencode(*reencode, mask, cand.shape[1])
         return self._score_candidates(mask, cand)
+
+    def _reencode(self, ids, rows, mask, k):
+        """Running rows whose token none of their candidates held (a processor after RAD forced it): encode them
+        from scratch and put them in place of their k cache rows, instead of continuing from candidate 0's row."""
+        device = self.model.device
+        rows = rows.to(device)  # (R,)
+        with _eval_mode(self.model):
+            _, fresh = self.model.encode(ids[rows].to(device), mask[rows].to(device), use_cache=True)  # R rows, P
+        dest = (rows[:, None] * k + torch.arange(k, device=device)).flatten()  # (R·k,) their cache rows
+        for layer, new in zip(self.cache.layers, fresh.layers, strict=True):
+            layer.keys.index_copy_(0, dest, new.keys.repeat_interleave(k, dim=0))  # (R·k, H, P, D)
+            layer.values.index_copy_(0, dest, new.values.repeat_interleave(k, dim=0))
 
     def _score_candidates(self, mask, cand):
         device = self.model.device

@@ -1,6 +1,7 @@
 """Shipping a LoRA-trained reward model as an fp16 delta and assembling it back into an ordinary checkpoint."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,6 +50,14 @@ def test_delta_round_trip(model_cls, tiny_lm, tmp_path):
     ids = torch.tensor([[0, 5, 6, 7, 8]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).rewards, model(ids).rewards, rtol=1e-2, atol=2e-3)  # fp16 delta
+
+    # The assembled folder steers generate as a custom_generate; a cache assembled before that existed gets it too.
+    (Path(path) / "custom_generate" / "generate.py").unlink()
+    assert default_checkpoint(str(delta), cache_dir=tmp_path / "cache") == path
+    lm = LlamaForCausalLM.from_pretrained(tiny_lm)
+    gen = dict(do_sample=False, max_new_tokens=2, min_new_tokens=2, top_k=3, pad_token_id=2)
+    out = lm.generate(ids, custom_generate=path, trust_remote_code=True, beta=5.0, **gen)
+    assert out.shape == (1, ids.shape[1] + 2)
 
 
 def test_corrupt_or_missing_delta_errors(tiny_lm, tmp_path):

@@ -191,15 +191,16 @@ def test_readme_quick_start_shape(tokenizer):
 
 
 class ForceToken(LogitsProcessor):
-    """Placed after RAD: forces `token` on every row at `step` (a token RAD gave −inf)."""
+    """Placed after RAD: forces `token` on row `row` at `step` (a token RAD gave −inf)."""
 
-    def __init__(self, token, prompt_len, step):
-        self.token, self.at = token, prompt_len + step
+    def __init__(self, token, prompt_len, step, row):
+        self.token, self.at, self.row = token, prompt_len + step, row
 
     def __call__(self, input_ids, scores):
         if input_ids.shape[1] == self.at:
-            scores = torch.full_like(scores, -float("inf"))
-            scores[:, self.token] = 0.0
+            scores = scores.clone()
+            scores[self.row] = -float("inf")
+            scores[self.row, self.token] = 0.0
         return scores
 
 
@@ -218,10 +219,10 @@ def test_rad_v_reencodes_a_row_whose_token_was_forced_after_it():
 
     rad = RewardAugmentedLogitsProcessor.combine(terms, top_k=top_k, attention_mask=mask)
     forced = 117  # a rarely likely id: outside the top-5 of most rows
-    lm.generate(ids, attention_mask=mask, logits_processor=[Recorder(rad), ForceToken(forced, ids.shape[1], 1)], **gen)
-    step_ids = calls[2][0]
-    assert (step_ids[:, ids.shape[1] + 1] == forced).all()
-    assert not (calls[1][2].isfinite()[:, forced]).all()  # RAD did not offer it: the cache had no row for it
+    force = ForceToken(forced, ids.shape[1], 1, row=1)
+    lm.generate(ids, attention_mask=mask, logits_processor=[Recorder(rad), force], **gen)
+    assert calls[2][0][1, ids.shape[1] + 1] == forced
+    assert not calls[1][2][1, forced].isfinite()  # RAD did not offer it: the cache had no row for it
     reference = ReferenceRAD(terms, top_k, None, mask)
     for step, (s_ids, raw, processed) in enumerate(calls):
         torch.testing.assert_close(processed, reference(s_ids, raw), rtol=1e-4, atol=1e-4, msg=f"step {step}")
