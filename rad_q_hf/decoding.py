@@ -145,6 +145,10 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
             _check_tokenizer(tokenizer, terms)
             self.num_tokens = len(tokenizer)
         self.pad_token_ids = _pad_token_ids(tokenizer, terms)
+        # What a padding position of a prompt mask holds: the LM tokenizer's pad id when known (the reward models'
+        # configs may name another one), else one id shared by all of them (checked on the mask itself).
+        self._mask_pad_id = getattr(tokenizer, "pad_token_id", None)
+        self.mask_from_generate = False  # set by reward_augmented_generate: generate's own mask cannot be stale
         self.reset(attention_mask)
 
     def reset(self, attention_mask: torch.Tensor | None = None) -> None:
@@ -212,7 +216,8 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
             raise ValueError(
                 f"The LM scores {V} tokens but the reward model's vocabulary has {self.vocab_size}: RAD needs the LM "
                 "and the reward model to share one tokenizer (same token → id map). If they do and only the "
-                "embedding matrices are padded to different sizes, pass the LM's `tokenizer=` to the processor."
+                "embedding matrices are padded to different sizes, pass the LM's `tokenizer=` to the processor "
+                "(reward_augmented_generate: `lm_tokenizer=`, or save the tokenizer in the LM's folder)."
             )
         return scores[:, : self.vocab_size]
 
@@ -273,10 +278,11 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
             )
         # generate repeats each prompt num_return_sequences (or num_beams) times, interleaved.
         m = m.repeat_interleave(N // m.shape[0], dim=0)
+        if self.mask_from_generate:
+            return m
         masked = input_ids[m == 0]
-        pad = self.pad_token_ids
-        # Padding holds a pad id (or, with no pad id known, one and the same id): anything else is another batch.
-        stale = ~torch.isin(masked, self._pad_ids_on(masked.device)) if pad is not None else masked != masked[:1]
+        # Padding holds the pad id (or, with none known, one and the same id): anything else is another batch.
+        stale = masked != (self._mask_pad_id if self._mask_pad_id is not None else masked[:1])
         if bool(stale.any()):
             raise ValueError(
                 "attention_mask marks as padding some positions that hold real tokens: it is not the mask of these "

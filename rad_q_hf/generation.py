@@ -52,6 +52,7 @@ _LOOPS = {
     GenerationMode.BEAM_SEARCH: "_beam_search",
     GenerationMode.BEAM_SAMPLE: "_beam_search",
 }
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 # Warpers generate appends after the user's processors when sampling: (config field, "is it active?").
 _HANDLED_WARPERS = {
     "temperature": lambda v: v is not None and v != 1.0,
@@ -82,6 +83,7 @@ def reward_augmented_generate(
     top_k: int | None = 20,
     top_p: float | None = None,
     temperature: float = 1.0,
+    lm_tokenizer=None,
     **model_kwargs,
 ):
     r"""
@@ -96,6 +98,9 @@ def reward_augmented_generate(
         top_k, top_p: RAD's candidate set (the LM's top-k, then top-p within it; RAD-Q may use `top_k=None` with
             `top_p`). `generate`'s own top-k / top-p warpers are switched off.
         temperature: divides the LM's logits before the reward is added (never β). Only used when sampling.
+        lm_tokenizer: the LM's tokenizer; needed only when the LM's and a reward model's embedding matrices have
+            different sizes (Pythia-style padding) and the LM's folder holds no tokenizer. (`generate` drops its own
+            `tokenizer=` before calling a custom loop.)
 
     The other arguments are `generate`'s; do not call this function directly.
 
@@ -126,9 +131,10 @@ def reward_augmented_generate(
     if mask is None:  # transformers ≥ 5.24 drops an all-ones mask: no padding
         mask = torch.ones_like(input_ids)
     rad = RewardAugmentedLogitsProcessor.combine(
-        terms, top_k=top_k, top_p=top_p, attention_mask=mask, tokenizer=_lm_tokenizer(model, terms)
+        terms, top_k=top_k, top_p=top_p, attention_mask=mask, tokenizer=lm_tokenizer or _lm_tokenizer(model, terms)
     )
     rad.pad_token_ids = _pad_token_ids(rad.pad_token_ids, generation_config)
+    rad.mask_from_generate = True
     processors = _insert(rad, logits_processor, generation_config, temperature)
     try:
         return getattr(type(model), loop)(
@@ -197,8 +203,12 @@ def _lm_tokenizer(model, terms):
         return None
     from transformers import AutoTokenizer
 
+    folder = Path(model.name_or_path or "")
+    # AutoTokenizer builds an empty tokenizer from a config alone: only trust a folder that holds tokenizer files.
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        return None
     with suppress(OSError, ValueError):
-        return AutoTokenizer.from_pretrained(model.name_or_path, local_files_only=True)
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return None
 
 

@@ -298,6 +298,8 @@ def test_stale_mask_is_caught_without_a_tokenizer(pad_id):
     generate_with(lm, ids1, proc, mask1)
     with pytest.raises(ValueError, match="reset"):
         generate_with(lm, ids2, proc, mask2)
+    # A right mask whose pads use an id no config names (a tokenizer's own pad) is not stale.
+    generate_with(lm, ids2.masked_fill(mask2 == 0, 99), RADQ(rm, top_k=5, attention_mask=mask2), mask2)
 
 
 @pytest.mark.parametrize("kind", ["rad_q", "rad_v"])

@@ -12,9 +12,9 @@ import weakref
 
 import pytest
 import torch
-from conftest import build_reward_model
-from test_decoding import PAD, ReferenceRAD, V, build_lm, setup_case, spread
-from transformers import LogitsProcessor, TemperatureLogitsWarper, pipeline
+from conftest import BACKBONES, build_reward_model
+from test_decoding import PAD, ReferenceRAD, V, build_lm, prompts, setup_case, spread
+from transformers import AutoModelForCausalLM, LogitsProcessor, TemperatureLogitsWarper, pipeline
 
 import rad_q_hf
 from rad_q_hf import RADQ, RadPreTrainedModel, RewardAugmentedLogitsProcessor, reward_augmented_generate
@@ -90,6 +90,28 @@ def test_temperature_divides_the_lm_logits_not_beta():
     plain = lm.generate(ids, attention_mask=mask, logits_processor=[rad], temperature=1.0, **gen)
     torch.manual_seed(0)
     assert torch.equal(lm.generate(ids, attention_mask=mask, **custom_kwargs(terms, top_k, None), **gen), plain)
+
+
+def test_vocabularies_padded_to_different_sizes(tokenizer, tmp_path):
+    """Pythia-style (LM of 128 rows, reward model of 120, one 120-token tokenizer): the LM's saved tokenizer is read."""
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(BACKBONES["gpt2"](128)).save_pretrained(tmp_path)
+    lm = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    rm = spread(build_reward_model("rad_q", "gpt2", V, seed=1))
+    ids, mask = prompts([6, 3, 1])
+    gen = dict(do_sample=True, max_new_tokens=4, pad_token_id=PAD, custom_generate=reward_augmented_generate)
+    with pytest.raises(ValueError, match="pass the LM's `tokenizer=`"):  # no tokenizer saved with the LM
+        lm.generate(ids, attention_mask=mask, reward_model=rm, top_k=5, **gen)
+    explicit = RADQ(rm, top_k=5, attention_mask=mask, tokenizer=tokenizer)
+    torch.manual_seed(0)
+    expected = lm.generate(ids, attention_mask=mask, logits_processor=[explicit], **{**gen, "custom_generate": None})
+    torch.manual_seed(0)
+    got = lm.generate(ids, attention_mask=mask, reward_model=rm, top_k=5, lm_tokenizer=tokenizer, **gen)
+    assert torch.equal(got, expected) and int(got.max()) < len(tokenizer)
+    tokenizer.save_pretrained(tmp_path)  # or read from the LM's folder
+    lm = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    torch.manual_seed(0)
+    assert torch.equal(lm.generate(ids, attention_mask=mask, reward_model=rm, top_k=5, **gen), expected)
 
 
 def test_refuses_what_it_cannot_do():
