@@ -7,10 +7,10 @@ processor from that state, puts it into the prepared processor list and delegate
 (`_sample` or `_beam_search`). The user never passes the mask, so it cannot be missing, stale or of the wrong shape.
 
 What it sets, and why:
-- `top_k` / `top_p` / `temperature` given to `generate` are RAD's: the candidate set is the LM's top-k (then top-p)
-  and the temperature divides the LM's logits *before* the reward is added, so it never divides β. `generate`'s own
-  top-k / top-p / temperature warpers (including defaults such as `top_k=50` or an LM's `generation_config.json`)
-  are removed: they would act on `z + β·r`.
+- `top_k` / `top_p` / `temperature` keep their `generate` meaning and sources (keywords, a `GenerationConfig`, the
+  LM's `generation_config.json`, a pipeline's defaults) but act *before* the reward: the candidate set is the LM's
+  top-k (then top-p) and the temperature divides the LM's logits, never β. `generate`'s own top-k / top-p /
+  temperature warpers, which would act on `z + β·r`, are removed. An unset `top_k` is RAD's 20, not generate's 50.
 - It refuses what RAD cannot do correctly: assisted / prompt-lookup decoding (rolls back speculated tokens),
   contrastive, DoLa, group or constrained beam search, the warpers `min_p`, `typical_p`, `epsilon_cutoff`,
   `eta_cutoff`, `top_h` (they would filter the reward-augmented distribution), `inputs_embeds` without `input_ids`
@@ -59,6 +59,8 @@ _HANDLED_WARPERS = {
     "top_k": lambda v: v is not None and v != 0,
     "top_p": lambda v: v is not None and v < 1.0,
 }
+# generate fills an unset top_k with 50; RAD's own default is the papers' 20.
+_GENERATE_DEFAULT_TOP_K, RAD_DEFAULT_TOP_K = 50, 20
 _REFUSED_WARPERS = {
     "top_h": lambda v: v is not None,
     "min_p": lambda v: v is not None,
@@ -80,9 +82,9 @@ def reward_augmented_generate(
     beta: float = 10.0,
     label: int | str = 0,
     direction: str = "maximize",
-    top_k: int | None = 20,
+    top_k: int | None = None,
     top_p: float | None = None,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     lm_tokenizer=None,
     **model_kwargs,
 ):
@@ -95,9 +97,11 @@ def reward_augmented_generate(
             tuples `(reward_model, beta[, label[, direction]])` for a sum of reward terms (then `beta`, `label` and
             `direction` are ignored).
         beta, label, direction: as in [`RewardAugmentedLogitsProcessor`].
-        top_k, top_p: RAD's candidate set (the LM's top-k, then top-p within it; RAD-Q may use `top_k=None` with
-            `top_p`). `generate`'s own top-k / top-p warpers are switched off.
-        temperature: divides the LM's logits before the reward is added (never β). Only used when sampling.
+        top_k, top_p, temperature: `generate`'s usual settings (keywords, a `GenerationConfig`, the LM's
+            `generation_config.json` or a pipeline's defaults), applied to the LM's logits *before* the reward is
+            added: the candidates are the top-k, then the top-p within them, and the temperature never divides β.
+            An unset `top_k` is RAD's 20 (not generate's 50); `top_k=0` scores the whole vocabulary (RAD-Q, with
+            `top_p`). The papers sample at temperature 1: pass `temperature=1.0` if the LM's defaults say otherwise.
         lm_tokenizer: the LM's tokenizer; needed only when the LM's and a reward model's embedding matrices have
             different sizes (Pythia-style padding) and the LM's folder holds no tokenizer. (`generate` drops its own
             `tokenizer=` before calling a custom loop.)
@@ -123,13 +127,14 @@ def reward_augmented_generate(
 
     ```
     """
-    loop = _check_supported(model, input_ids, generation_config, model_kwargs)
+    loop = _check_supported(model, input_ids, generation_config, logits_processor)
     if reward_model is None:
         raise ValueError("Pass `reward_model=` (a RAD-V/RAD-Q model, its path, or a list of reward terms).")
     terms = _terms(reward_model, beta, label, direction, model.device)
     mask = model_kwargs.get("attention_mask")
     if mask is None:  # transformers ≥ 5.24 drops an all-ones mask: no padding
         mask = torch.ones_like(input_ids)
+    top_k, top_p, temperature = _sampling_settings(generation_config, top_k, top_p, temperature)
     rad = RewardAugmentedLogitsProcessor.combine(
         terms, top_k=top_k, top_p=top_p, attention_mask=mask, tokenizer=lm_tokenizer or _lm_tokenizer(model, terms)
     )
@@ -151,8 +156,10 @@ def reward_augmented_generate(
         rad.reset()  # free the reward models' caches now, not when the processor is collected
 
 
-def _check_supported(model, input_ids, generation_config, model_kwargs) -> str:
+def _check_supported(model, input_ids, generation_config, logits_processor) -> str:
     """The name of generate's loop to delegate to; a clear error for what RAD cannot do correctly."""
+    if any(isinstance(p, RewardAugmentedLogitsProcessor) for p in logits_processor):
+        raise ValueError("A RAD processor is already in `logits_processor`: use it or custom_generate, not both.")
     if model.config.is_encoder_decoder:
         raise ValueError("Reward-augmented generation supports decoder-only LMs only.")
     if input_ids.shape[1] == 0:
@@ -170,6 +177,16 @@ def _check_supported(model, input_ids, generation_config, model_kwargs) -> str:
             "distribution. RAD filters with its own `top_k` / `top_p` before adding the reward."
         )
     return _LOOPS[mode]
+
+
+def _sampling_settings(generation_config, top_k, top_p, temperature):
+    """RAD's (top_k or None, top_p or None, temperature): the keywords, else generate's resolved settings."""
+    if top_k is None:
+        top_k = generation_config.top_k
+        top_k = RAD_DEFAULT_TOP_K if top_k in (None, _GENERATE_DEFAULT_TOP_K) else top_k
+    top_p = top_p if top_p is not None else generation_config.top_p
+    temperature = temperature if temperature is not None else generation_config.temperature
+    return top_k or None, top_p if top_p is not None and top_p < 1.0 else None, temperature or 1.0
 
 
 def _terms(reward_model, beta, label, direction, device) -> list[RewardTerm]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import BACKBONES, build_reward_model
 from test_decoding import PAD, ReferenceRAD, V, build_lm, prompts, setup_case, spread
-from transformers import AutoModelForCausalLM, LogitsProcessor, TemperatureLogitsWarper, pipeline
+from transformers import AutoModelForCausalLM, GenerationConfig, LogitsProcessor, TemperatureLogitsWarper, pipeline
 
 import rad_q_hf
 from rad_q_hf import RADQ, RadPreTrainedModel, RewardAugmentedLogitsProcessor, reward_augmented_generate
@@ -23,7 +23,9 @@ MODES = ["batch1", "batch3_left_padded", "num_return_sequences2", "beam2", "eos_
 
 
 def custom_kwargs(terms, top_k, top_p):
-    return dict(custom_generate=reward_augmented_generate, reward_model=terms, top_k=top_k, top_p=top_p)
+    """The custom route's keywords for the processor's settings (`top_k=0`, as in generate, means no top-k)."""
+    k = top_k if top_k is not None else 0
+    return dict(custom_generate=reward_augmented_generate, reward_model=terms, top_k=k, top_p=top_p)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -84,12 +86,35 @@ def test_temperature_divides_the_lm_logits_not_beta():
     torch.manual_seed(0)
     got = lm.generate(ids, attention_mask=mask, temperature=0.5, **custom_kwargs(terms, top_k, None), **gen)
     assert torch.equal(got, expected)
-    lm.generation_config.temperature = 0.3  # an LM's own default must not divide β either (RAD's default is 1)
-    lm.generation_config.do_sample = True
+    # The same from a GenerationConfig object and from the LM's own defaults: they must not divide β either.
     torch.manual_seed(0)
+    config = GenerationConfig(temperature=0.5, **gen)
+    assert torch.equal(
+        lm.generate(ids, attention_mask=mask, generation_config=config, **custom_kwargs(terms, top_k, None)), expected
+    )
+    lm.generation_config.temperature = 0.5
+    torch.manual_seed(0)
+    assert torch.equal(lm.generate(ids, attention_mask=mask, **custom_kwargs(terms, top_k, None), **gen), expected)
+    torch.manual_seed(0)  # the papers' T = 1, whatever the LM's defaults
     plain = lm.generate(ids, attention_mask=mask, logits_processor=[rad], temperature=1.0, **gen)
     torch.manual_seed(0)
-    assert torch.equal(lm.generate(ids, attention_mask=mask, **custom_kwargs(terms, top_k, None), **gen), plain)
+    got = lm.generate(ids, attention_mask=mask, temperature=1.0, **custom_kwargs(terms, top_k, None), **gen)
+    assert torch.equal(got, plain)
+
+
+def test_unset_top_k_is_rads_20_and_top_k_0_scores_the_whole_vocabulary():
+    lm, ids, mask, terms, _, _, gen = setup_case("rad_q", "gpt2", "batch3_left_padded")
+    gen.pop("top_k")
+    for top_k, expected_k in ((None, 20), (7, 7), (0, None)):
+        explicit = RewardAugmentedLogitsProcessor.combine(terms, top_k=expected_k, top_p=0.9, attention_mask=mask)
+        torch.manual_seed(0)
+        expected = lm.generate(ids, attention_mask=mask, logits_processor=[explicit], top_k=0, **gen)
+        torch.manual_seed(0)
+        kwargs = dict(custom_generate=reward_augmented_generate, reward_model=terms, top_p=0.9)
+        if top_k is not None:
+            kwargs["top_k"] = top_k
+        got = lm.generate(ids, attention_mask=mask, **kwargs, **gen)
+        assert torch.equal(got, expected), top_k
 
 
 def test_vocabularies_padded_to_different_sizes(tokenizer, tmp_path):
@@ -124,6 +149,8 @@ def test_refuses_what_it_cannot_do():
         lm.generate(ids, min_p=0.1, **kwargs, **gen)
     with pytest.raises(ValueError, match="reward_model="):
         lm.generate(ids, custom_generate=reward_augmented_generate, **gen)
+    with pytest.raises(ValueError, match="already in `logits_processor`"):
+        lm.generate(ids, logits_processor=[RADQ(terms[0].reward_model)], **kwargs, **gen)
 
 
 def test_saved_reward_model_folder_is_a_custom_generate(tmp_path):
