@@ -21,11 +21,12 @@ A saved reward-model folder carries `custom_generate/generate.py` (written by `s
 model. That file imports this package (the processor is not duplicated into every checkpoint); without it
 installed it stops with an `ImportError` that says so. The reward model itself loads without the package.
 
-Known transformers limitation (5.17-5.24): with a callable `custom_generate`, `generate` drops `streamer=`,
-`synced_gpus=` and `tokenizer=`/`stop_strings`'s tokenizer before calling the callable; pass the processor
-explicitly (`logits_processor=[RADQ(...)]`) when you need a streamer.
+transformers 5.17-5.24 drop `streamer=`, `synced_gpus=` and `tokenizer=` before calling a `custom_generate`
+callable. The streamer is read back from the calling `generate` (see `_streamer_of_caller`); `stop_strings` (which
+needs `tokenizer=`) and `synced_gpus` (DeepSpeed ZeRO-3 / FSDP) are not available on this route.
 """
 
+import sys
 from contextlib import suppress
 from pathlib import Path
 
@@ -141,6 +142,7 @@ def reward_augmented_generate(
     rad.pad_token_ids = _pad_token_ids(rad.pad_token_ids, generation_config)
     rad.mask_from_generate = True
     processors = _insert(rad, logits_processor, generation_config, temperature)
+    streamer = streamer if streamer is not None else _streamer_of_caller()
     try:
         return getattr(type(model), loop)(
             model,
@@ -177,6 +179,15 @@ def _check_supported(model, input_ids, generation_config, logits_processor) -> s
             "distribution. RAD filters with its own `top_k` / `top_p` before adding the reward."
         )
     return _LOOPS[mode]
+
+
+def _streamer_of_caller():
+    """The `streamer=` given to the `generate` that called this loop: transformers drops it before the call (it
+    already fed it the prompt), so without this the streamer would see the prompt and never the new tokens."""
+    frame = sys._getframe(2)  # _streamer_of_caller ← reward_augmented_generate ← GenerationMixin.generate
+    if frame.f_code.co_name == "generate" and "custom_generate" in frame.f_locals:
+        return frame.f_locals.get("streamer")
+    return None
 
 
 def _sampling_settings(generation_config, top_k, top_p, temperature):

@@ -14,7 +14,14 @@ import pytest
 import torch
 from conftest import BACKBONES, build_reward_model
 from test_decoding import PAD, ReferenceRAD, V, build_lm, prompts, setup_case, spread
-from transformers import AutoModelForCausalLM, GenerationConfig, LogitsProcessor, TemperatureLogitsWarper, pipeline
+from transformers import (
+    AutoModelForCausalLM,
+    GenerationConfig,
+    LogitsProcessor,
+    TemperatureLogitsWarper,
+    TextStreamer,
+    pipeline,
+)
 
 import rad_q_hf
 from rad_q_hf import RADQ, RadPreTrainedModel, RewardAugmentedLogitsProcessor, reward_augmented_generate
@@ -237,6 +244,23 @@ def test_readme_quick_start_shape(tokenizer):
         pad_token_id=PAD,
     )
     assert out.shape == (2, batch["input_ids"].shape[1] + 3)
+
+
+@pytest.mark.parametrize("route", ["callable", "folder"])
+def test_streamer_sees_every_new_token(tokenizer, capsys, tmp_path, route):
+    """generate drops `streamer=` before calling a custom_generate callable; the route reads it back."""
+    lm, rm = build_lm("llama"), build_reward_model("rad_q", "llama", V)
+    rm.save_pretrained(tmp_path)
+    batch = tokenizer(["the movie was"], return_tensors="pt")
+    source = dict(custom_generate=reward_augmented_generate, reward_model=rm)
+    if route == "folder":
+        source = dict(custom_generate=str(tmp_path), trust_remote_code=True)
+    torch.manual_seed(0)
+    out = lm.generate(
+        **batch, streamer=TextStreamer(tokenizer), do_sample=True, max_new_tokens=4, pad_token_id=PAD, **source
+    )
+    assert capsys.readouterr().out.strip() == tokenizer.decode(out[0]).strip()
+    assert out.shape[1] > batch["input_ids"].shape[1]
 
 
 class ForceToken(LogitsProcessor):

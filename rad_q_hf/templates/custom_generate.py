@@ -37,9 +37,7 @@ def _this_repo() -> str:
     raise RuntimeError("Could not find the reward-model repository: pass reward_model=<path> to generate.")
 
 
-def generate(model, *args, reward_model=None, streamer=None, **kwargs):
-    if streamer is not None:  # generate drops it before calling a custom_generate callable
-        raise ValueError("streamer= does not reach a custom_generate loop: pass logits_processor=[RADQ(...)] instead.")
+def generate(model, *args, reward_model=None, **kwargs):
     source = reward_model if reward_model is not None else _this_repo()
     if isinstance(source, str):
         source = load_reward_model(source, model.device)
