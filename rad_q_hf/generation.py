@@ -212,7 +212,25 @@ def _terms(reward_model, beta, label, direction, device) -> list[RewardTerm]:
 
 
 def load_reward_model(name_or_path: str | Path, device: torch.device | str | None = None) -> RadPreTrainedModel:
-    """A RAD-V / RAD-Q reward model from a folder or Hub id (the registered Auto class), in eval mode on `device`."""
+    """A RAD-V / RAD-Q reward model from a folder or Hub id (the registered Auto class), in eval mode on `device`.
+
+    Example:
+
+    ```python
+    >>> import os, tempfile
+    >>> from transformers import GPT2Config
+    >>> from rad_q_hf import RadVConfig, RadVForRewardModeling
+    >>> from rad_q_hf.generation import load_reward_model
+    >>> folder = tempfile.mkdtemp()
+    >>> backbone = GPT2Config(vocab_size=99, n_embd=32, n_layer=1, n_head=4)
+    >>> RadVForRewardModeling(RadVConfig(backbone_config=backbone)).save_pretrained(folder)
+    >>> type(load_reward_model(folder)).__name__
+    'RadVForRewardModeling'
+    >>> os.path.isfile(os.path.join(folder, "custom_generate", "generate.py"))  # save_pretrained wrote it
+    True
+
+    ```
+    """
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(str(name_or_path))
