@@ -436,7 +436,7 @@ class _RadVScorer(_Scorer):
         head_dim = getattr(bc, "head_dim", None) or bc.hidden_size // heads
         kv_heads = getattr(bc, "num_key_value_heads", None) or heads
         per_token = 2 * bc.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize  # keys + values
-        need = 2 * rows * n_tokens * per_token  # ×2: repeat-interleave and the next step copy the cache
+        need = 3 * rows * n_tokens * per_token  # ×3: each step's row gather and token append copy the cache
         free = _free_memory(self.model.device)
         if free is not None and need > free:
             raise ValueError(

@@ -137,7 +137,11 @@ def reward_augmented_generate(
         mask = torch.ones_like(input_ids)
     top_k, top_p, temperature = _sampling_settings(generation_config, top_k, top_p, temperature)
     rad = RewardAugmentedLogitsProcessor.combine(
-        terms, top_k=top_k, top_p=top_p, attention_mask=mask, tokenizer=lm_tokenizer or _lm_tokenizer(model, terms)
+        terms,
+        top_k=top_k,
+        top_p=top_p,
+        attention_mask=mask,
+        tokenizer=lm_tokenizer if lm_tokenizer is not None else _lm_tokenizer(model, terms),
     )
     rad.pad_token_ids = _pad_token_ids(rad.pad_token_ids, generation_config)
     rad.mask_from_generate = True
