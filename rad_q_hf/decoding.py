@@ -255,7 +255,7 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
         cand = self._cand if beam_idx is None else self._cand[beam_idx]  # (N, k)
         off = (cand != new_tok[:, None]).all(-1)
         if self.pad_token_ids is not None:
-            off &= ~torch.isin(new_tok, self._pad_ids_on(new_tok.device))
+            off &= (new_tok[:, None] != self._pad_ids_on(new_tok.device)).all(-1)  # broadcast: no host sync
         return off
 
     def _pad_ids_on(self, device):
