@@ -48,6 +48,18 @@ def test_custom_generate_matches_explicit_mask_path(method, backbone, mode):
     assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("method", ["rad_v", "rad_q"])
+def test_beam_sampling_matches_explicit_mask_path(method):
+    lm, ids, mask, terms, top_k, top_p, gen = setup_case(method, "gpt2", "beam2")
+    gen["do_sample"] = True  # beam sample: generate's warpers come after the processors here too
+    explicit = RewardAugmentedLogitsProcessor.combine(terms, top_k=top_k, top_p=top_p, attention_mask=mask)
+    torch.manual_seed(0)
+    expected = lm.generate(ids, attention_mask=mask, logits_processor=[explicit], **gen)
+    gen.pop("top_k")
+    torch.manual_seed(0)
+    assert torch.equal(lm.generate(ids, attention_mask=mask, **custom_kwargs(terms, top_k, top_p), **gen), expected)
+
+
 @pytest.mark.parametrize("mode", ["batch3_left_padded", "num_return_sequences2", "beam2", "combined"])
 @pytest.mark.parametrize("method", ["rad_v", "rad_q"])
 def test_custom_generate_matches_slow_reference(method, mode, monkeypatch):
