@@ -215,7 +215,9 @@ def _terms(reward_model, beta, label, direction, device) -> list[RewardTerm]:
     return terms
 
 
-def load_reward_model(name_or_path: str | Path, device: torch.device | str | None = None) -> RadPreTrainedModel:
+def load_reward_model(
+    name_or_path: str | Path, device: torch.device | str | None = None, **hub_kwargs
+) -> RadPreTrainedModel:
     """A RAD-V / RAD-Q reward model from a folder or Hub id (the registered Auto class), in eval mode on `device`.
 
     Example:
@@ -237,7 +239,7 @@ def load_reward_model(name_or_path: str | Path, device: torch.device | str | Non
     """
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(str(name_or_path))
+    model = AutoModel.from_pretrained(str(name_or_path), **hub_kwargs)  # revision=, token=, ...
     if not isinstance(model, RadPreTrainedModel):
         raise TypeError(f"{name_or_path} holds a {type(model).__name__}, not a RAD-V or RAD-Q reward model.")
     return model.to(device).eval()

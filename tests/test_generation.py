@@ -184,6 +184,9 @@ def test_saved_reward_model_folder_is_a_custom_generate(tmp_path):
         ids, attention_mask=mask, custom_generate=str(tmp_path), trust_remote_code=True, beta=3.0, top_k=5, **gen
     )
     assert torch.equal(got, expected)
+    torch.manual_seed(0)  # Hub options reach the reward model's loading, not generate's model kwargs
+    kwargs = dict(custom_generate=str(tmp_path), trust_remote_code=True, local_files_only=True, beta=3.0, top_k=5)
+    assert torch.equal(lm.generate(ids, attention_mask=mask, **kwargs, **gen), expected)
 
 
 def test_custom_generate_file_without_the_package_says_so(tmp_path):

@@ -38,7 +38,9 @@ def _this_repo() -> str:
 
 
 def generate(model, *args, reward_model=None, **kwargs):
+    # Hub options that loaded this file load the reward model too (generate itself would reject them).
+    hub = {key: kwargs.pop(key) for key in ("revision", "token", "cache_dir", "local_files_only") if key in kwargs}
     source = reward_model if reward_model is not None else _this_repo()
     if isinstance(source, str):
-        source = load_reward_model(source, model.device)
+        source = load_reward_model(source, model.device, **hub)
     return model.generate(*args, custom_generate=reward_augmented_generate, reward_model=source, **kwargs)
