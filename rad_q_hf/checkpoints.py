@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .embedded import _cache_root, _looks_like_path, _unknown, cached_folder, is_embedded, lm_path, resolve
-from .generation import write_custom_generate
+from .modeling_rad_v import RadPreTrainedModel
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 DELTA_WEIGHTS = "delta.safetensors"
@@ -101,7 +101,7 @@ def default_checkpoint(name: str, cache_dir: str | os.PathLike | None = None) ->
     note = f"assembling the shipped reward model {src.name} into {target}, once"
     folder = cached_folder(target, lambda tmp: _assemble(src, tmp), note)
     if not (Path(folder) / "custom_generate" / "generate.py").is_file():  # assembled by an older version
-        write_custom_generate(folder)
+        RadPreTrainedModel.write_custom_generate(folder)
     return folder
 
 

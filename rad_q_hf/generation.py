@@ -45,7 +45,6 @@ from transformers.generation.configuration_utils import GenerationMode
 from .decoding import RewardAugmentedLogitsProcessor, RewardTerm
 from .modeling_rad_v import RadPreTrainedModel
 
-CUSTOM_GENERATE_TEMPLATE = Path(__file__).parent / "templates" / "custom_generate.py"
 # generate's decoding loops that RAD can ride on; everything else is refused.
 _LOOPS = {
     GenerationMode.GREEDY_SEARCH: "_sample",
@@ -300,13 +299,4 @@ def _generated_tail(processors, generation_config) -> list:
     return tail
 
 
-def write_custom_generate(save_directory: str | Path) -> Path:
-    """Write `custom_generate/generate.py` into a reward-model folder, so that
-    `lm.generate(**batch, custom_generate=<folder>, trust_remote_code=True)` steers with it."""
-    target = Path(save_directory) / "custom_generate" / "generate.py"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(CUSTOM_GENERATE_TEMPLATE.read_text())
-    return target
-
-
-__all__ = ["load_reward_model", "reward_augmented_generate", "write_custom_generate"]
+__all__ = ["load_reward_model", "reward_augmented_generate"]

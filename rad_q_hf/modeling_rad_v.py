@@ -70,10 +70,16 @@ class RadPreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         super().save_pretrained(save_directory, *args, **kwargs)
-        # `lm.generate(custom_generate=<this folder>, trust_remote_code=True)` steers with this model. The template
-        # ships with rad_q_hf; run as remote code (no package) the folder is saved without it.
+        if kwargs.get("is_main_process", True):
+            self.write_custom_generate(save_directory)
+
+    @staticmethod
+    def write_custom_generate(save_directory) -> None:
+        """Put `custom_generate/generate.py` into a reward-model folder, so that
+        `lm.generate(custom_generate=<folder>, trust_remote_code=True)` steers with it. The template ships with
+        rad_q_hf; run as remote code (no package) this file has none and writes nothing."""
         template = Path(__file__).parent / "templates" / "custom_generate.py"
-        if template.is_file() and kwargs.get("is_main_process", True):
+        if template.is_file():
             (Path(save_directory) / "custom_generate").mkdir(exist_ok=True)
             shutil.copy(template, Path(save_directory) / "custom_generate" / "generate.py")
 
