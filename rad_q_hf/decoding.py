@@ -278,6 +278,11 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
             )
         # generate repeats each prompt num_return_sequences (or num_beams) times, interleaved.
         m = m.repeat_interleave(N // m.shape[0], dim=0)
+        if not bool(m[:, -1].all()):  # new tokens would follow pads: the reward would read a pad's state
+            raise ValueError(
+                "The prompts are right-padded: RAD (like generate) needs left padding, tokenizer(..., padding_side="
+                "'left') or AutoTokenizer.from_pretrained(..., padding_side='left')."
+            )
         if self.mask_from_generate:
             return m
         masked = input_ids[m == 0]

@@ -288,6 +288,14 @@ def test_mask_of_another_shape_is_refused():
         generate_with(lm, ids, RADQ(rm, top_k=5, attention_mask=mask[:, 2:]), mask)
 
 
+def test_right_padded_prompts_are_refused():
+    lm, rm = build_lm("gpt2"), build_reward_model("rad_q", "gpt2", V)
+    ids, mask = prompts([6, 3, 1])
+    ids, mask = ids.flip(1), mask.flip(1)  # the same rows, right-padded
+    with pytest.raises(ValueError, match="padding_side='left'"):
+        generate_with(lm, ids, RADQ(rm, top_k=5, attention_mask=mask), mask)
+
+
 @pytest.mark.parametrize("pad_id", [PAD, None])
 def test_stale_mask_is_caught_without_a_tokenizer(pad_id):
     lm, rm = build_lm("gpt2"), build_reward_model("rad_q", "gpt2", V)

@@ -168,6 +168,9 @@ def test_refuses_what_it_cannot_do():
         lm.generate(ids, min_p=0.1, **kwargs, **gen)
     with pytest.raises(ValueError, match="reward_model="):
         lm.generate(ids, custom_generate=reward_augmented_generate, **gen)
+    padded, pad_mask = prompts([4, 2])
+    with pytest.raises(ValueError, match="padding_side='left'"):
+        lm.generate(padded.flip(1), attention_mask=pad_mask.flip(1), **kwargs, **gen)
     with pytest.raises(ValueError, match="already in `logits_processor`"):
         lm.generate(ids, logits_processor=[RADQ(terms[0].reward_model)], **kwargs, **gen)
 
