@@ -12,8 +12,8 @@ At every step the LM's top-k candidates `v` get `z_v + β·clamp(r_v, 0, 1)` (or
 tracks the rows it saw: a row set that grew by one column continues the cache; rows that beam search reordered are
 matched to their previous rows and the cache is reordered; anything else (a new `generate` call, a different row
 count) rebuilds the cache from the full `input_ids`. The prompt's `attention_mask` must be given for left-padded
-batches: a batch whose rows start with the pad token and no mask is refused, and so is a mask of another shape or
-one that marks real tokens as padding. Temperature, applied by `generate` after this processor, also divides β: use
+batches: a batch whose rows start with the pad token and no mask is refused, and so are right padding, a mask of
+another shape and one that marks real tokens as padding. Temperature, applied by `generate` after this processor, also divides β: use
 `temperature=1` as the papers do. `generate(custom_generate=rad_q_hf.reward_augmented_generate, ...)` avoids all of
 this: it hands the processor `generate`'s own mask and puts the temperature before the reward.
 
@@ -54,9 +54,10 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
             with `top_k` as well, applied within the top-k).
         label: index or name of the reward output to use.
         direction: `"maximize"` (e.g. positive sentiment) or `"minimize"` (uses `1 − r`: detoxification).
-        attention_mask: the prompt's attention mask exactly as given to `generate` (needed for left padding).
+        attention_mask: the prompt's attention mask exactly as given to `generate` (needed for left padding;
+            `generate(custom_generate=rad_q_hf.reward_augmented_generate, ...)` passes generate's own instead).
         tokenizer: the LM's tokenizer, checked against the reward model's vocabulary (and its saved tokenizer,
-            when the reward model folder has one).
+            when the reward model folder has one); it also allows embedding matrices padded to other sizes.
 
     Example:
 
