@@ -59,14 +59,16 @@ _PROBES = ["Hello world, it's fine.", "  two  spaces\tand\nnewline", "naïve caf
 # bytes of LM tokens
 def _byte_level_decoder_map() -> dict[str, int]:
     """Inverse of GPT-2's bytes → printable-unicode map used by byte-level BPE vocabularies."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs, n = bs[:], 0
     for b in range(256):
         if b not in bs:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
 def _decoder_spec(tokenizer) -> dict:
@@ -282,6 +284,14 @@ class TokenizerBridge:
         self.lm_bytes, self.strip_first_space = token_bytes(lm_tokenizer)
         token_bytes(rm_tokenizer)  # the RM tokenizer must decode token by token too (no prefix space added, etc.)
         self.hold_tokens, self.resync_every = hold_tokens, resync_every
+        backend = rm_tokenizer.backend_tokenizer
+        # Pre-token offsets are usable when the RM splits words before its merges and has no normalizer (offsets of a
+        # normalized text would not be offsets into ours). Gemma-style tokenizers merge across words: no pre-tokens.
+        self.rm_splits_words = (
+            backend.normalizer is None
+            and backend.pre_tokenizer is not None
+            and len(backend.pre_tokenizer.pre_tokenize_str("hello world")) > 1
+        )
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """RM ids of several texts in one batched call, without special tokens."""
@@ -292,10 +302,14 @@ class TokenizerBridge:
     def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> "BridgeState":
         """State for rows of LM ids (N, P); `attention_mask` (N, P) marks the real tokens (padding on any side)."""
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        exts = [self.extend(_Row(), [int(t) for t in row[m]]) for row, m in zip(input_ids.cpu(), mask.cpu())]
+        exts = [
+            self.extend(_Row(), [int(t) for t in row[m]]) for row, m in zip(input_ids.cpu(), mask.cpu(), strict=True)
+        ]
         tails = self.encode([e.tail for e in exts])
-        rows = [self.commit(_Row(tail=e.tail, tail_ids=tuple(i), pending=e.pending, started=e.started))
-                for e, i in zip(exts, tails)]
+        rows = [
+            self.commit(_Row(tail=e.tail, tail_ids=tuple(i), pending=e.pending, started=e.started))
+            for e, i in zip(exts, tails, strict=True)
+        ]
         return BridgeState(self, rows)
 
     def extend(self, row: _Row, lm_ids: list[int]) -> _Extension:
@@ -308,23 +322,43 @@ class TokenizerBridge:
         return _Extension(row.tail + text, pending, started)
 
     def commit(self, row: _Row) -> _Row:
-        """Move all but the last `hold_tokens` tail tokens into the committed prefix, at a cut that re-tokenizes
-        identically (`encode(rest) == rest's ids`); without such a cut nothing is committed this step."""
+        """Move all but the last `hold_tokens` tail tokens into the committed prefix.
+
+        The cut must re-tokenize identically now (`encode(rest) == rest's ids`) and, where the RM tokenizer splits
+        text into pre-tokens before its merges (byte-level BPE's regex), lie at a pre-token boundary before the last
+        pre-token: merges never cross those, and appending text cannot move them. Without pre-tokens (SentencePiece
+        style, merges across words) any token boundary is allowed and re-sync catches the rare merge that reaches
+        back further. Without an acceptable cut nothing is committed this step.
+        """
         ids = row.tail_ids
+        allowed = self._pretoken_cuts(row.tail)
         for j in range(len(ids) - self.hold_tokens, max(0, len(ids) - self.hold_tokens - 4), -1):  # a few cuts
             cut = len(b"".join(self.rm_token_bytes[i] for i in ids[:j]))
-            head = row.tail.encode()[:cut]
             try:
-                head_text = head.decode("utf-8")
+                head_text = row.tail.encode()[:cut].decode("utf-8")
             except UnicodeDecodeError:
                 continue  # the cut falls inside a character (byte-level BPE splits some): try an earlier one
+            if allowed is not None and len(head_text) not in allowed:
+                continue
             rest = row.tail[len(head_text) :]
             if tuple(self.encode([rest])[0]) == ids[j:]:
                 return _Row(
-                    row.committed + ids[:j], row.committed_text + head_text, rest, ids[j:], row.pending, row.started,
+                    row.committed + ids[:j],
+                    row.committed_text + head_text,
+                    rest,
+                    ids[j:],
+                    row.pending,
+                    row.started,
                     row.steps,
                 )
         return row
+
+    def _pretoken_cuts(self, text: str) -> set[int] | None:
+        """Character offsets of the RM pre-token boundaries that appending text cannot move (None: no pre-tokens)."""
+        if not self.rm_splits_words:
+            return None
+        starts = [start for _, (start, _) in self.rm_tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)]
+        return set(starts[1:])  # each start but the first; the last pre-token may still grow, its start stays
 
     @property
     def rm_token_bytes(self) -> list[bytes]:
@@ -366,7 +400,7 @@ class BridgeState:
         new_tails = self._encode_tails([e.tail for e in exts], [i for i in range(N) for _ in range(k)])
         self._last = {}
         pieces, rollback = [], []
-        for n, (ext, ids) in enumerate(zip(exts, new_tails)):
+        for n, (ext, ids) in enumerate(zip(exts, new_tails, strict=True)):
             row, c = self.rows[n // k], flat[n // k][n % k]
             self._last[(n // k, c)] = (ext, ids)
             keep = _lcp(row.tail_ids, ids)
@@ -383,7 +417,7 @@ class BridgeState:
             if out[n] is None and n not in todo:
                 out[n] = self.rows[row_of[n]].tail_ids
         unique = sorted({tails[n] for n in todo})
-        encoded = dict(zip(unique, map(tuple, self.bridge.encode(unique))))
+        encoded = dict(zip(unique, map(tuple, self.bridge.encode(unique)), strict=True))
         for n in todo:
             out[n] = encoded[tails[n]]
         return out  # type: ignore[return-value]
@@ -396,7 +430,7 @@ class BridgeState:
         missing = [(i, c) for i, c in enumerate(chosen) if (i, c) not in self._last]
         exts = {(i, c): self.bridge.extend(self.rows[i], [c]) for i, c in missing}
         encoded = self._encode_tails([e.tail for e in exts.values()], [i for i, _ in missing])
-        found = dict(self._last) | {key: (exts[key], ids) for key, ids in zip(missing, encoded)}
+        found = dict(self._last) | {key: (exts[key], ids) for key, ids in zip(missing, encoded, strict=True)}
         for i, c in enumerate(chosen):
             ext, ids = found[(i, c)]
             r = self.rows[i]
@@ -414,7 +448,7 @@ class BridgeState:
         check = [i for i, r in enumerate(rows) if every and r.steps % every == 0]
         full = self.bridge.encode([rows[i].text for i in check])
         resynced = [False] * len(rows)
-        for i, ids in zip(check, full):
+        for i, ids in zip(check, full, strict=True):
             r = rows[i]
             if list(ids) != r.ids:
                 rows[i] = _Row((), "", r.text, tuple(ids), r.pending, r.started, r.steps)
@@ -423,9 +457,9 @@ class BridgeState:
 
     def _update(self, old: list[list[int]], resynced: list[bool]) -> PrefixUpdate:
         new = self.prefix_ids()
-        keep = [_lcp(a, b) for a, b in zip(old, new)]
-        ids, mask = _pad([b[n:] for b, n in zip(new, keep)])
-        rollback = torch.tensor([len(a) - n for a, n in zip(old, keep)], dtype=torch.long)
+        keep = [_lcp(a, b) for a, b in zip(old, new, strict=True)]
+        ids, mask = _pad([b[n:] for b, n in zip(new, keep, strict=True)])
+        rollback = torch.tensor([len(a) - n for a, n in zip(old, keep, strict=True)], dtype=torch.long)
         return PrefixUpdate(ids, mask, rollback, torch.tensor(resynced))
 
     def reorder(self, index: torch.Tensor) -> None:
