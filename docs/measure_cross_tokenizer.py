@@ -33,7 +33,8 @@ for name in ("rtp-nontoxic", "sentiment-neutral"):
         prompts += [json.loads(line)["text"] for _, line in zip(range(n_prompts // 2), f, strict=False)]
 
 n_tok = collections.Counter()
-rollback = resync = mismatch = total = steps = 0
+chosen_n = collections.Counter()  # RM tokens the sampled LM token added
+rollback = resync = mismatch = total = steps = chosen_rollback = 0
 bridge_s = 0.0
 for prompt in prompts:
     ids = lm_tok(prompt, return_tensors="pt").input_ids  # with Gemma's BOS (a special token: no text)
@@ -63,6 +64,8 @@ for prompt in prompts:
         upd = state.advance(choice)
         bridge_s += time.perf_counter() - t0
         resync += int(upd.resynced.sum())
+        chosen_n.update([int(upd.mask.sum())])
+        chosen_rollback += int(upd.rollback.sum() > 0)
         seq.append(int(choice))
         steps += 1
         inp = choice[None]
@@ -75,5 +78,7 @@ for n in sorted(n_tok):
     print(f"  {n} RM tokens: {n_tok[n]} ({100 * n_tok[n] / total:.2f} %)")
 print(f"  rollback > 0 (candidate re-tokenizes the prefix's last tokens): {rollback} ({100 * rollback / total:.2f} %)")
 print(f"  differs from re-tokenizing the whole text: {mismatch} ({100 * mismatch / total:.3f} %)")
+print("sampled tokens: " + ", ".join(f"{n} RM tokens {100 * c / steps:.2f} %" for n, c in sorted(chosen_n.items())))
+print(f"  sampled tokens that re-tokenize the prefix's last tokens: {100 * chosen_rollback / steps:.2f} %")
 print(f"  re-syncs after advance: {resync} of {steps} steps")
 print(f"  bridge time: {1000 * bridge_s / steps:.2f} ms per step (one row, k = {K})")
