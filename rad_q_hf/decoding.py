@@ -34,12 +34,17 @@ from .modeling_rad_v import RadPreTrainedModel
 
 @dataclass
 class RewardTerm:
-    """One reward-model term `β · r_label` (or `β · (1 − r_label)` with `direction="minimize"`)."""
+    """One reward-model term `β · r_label` (or `β · (1 − r_label)` with `direction="minimize"`).
+
+    `tokenizer` is the reward model's own tokenizer (default: the one saved with it, if any); when it differs from the
+    LM's tokenizer given to the processor, the term is scored through text (`decoding_cross.py`).
+    """
 
     reward_model: RadPreTrainedModel
     beta: float = 10.0
     label: int | str = 0
     direction: str = "maximize"
+    tokenizer: object = None
 
 
 class RewardAugmentedLogitsProcessor(LogitsProcessor):
@@ -128,24 +133,30 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
             raise ValueError(f"`top_p` must be in (0, 1], got {top_p!r}.")
         if top_k is None and top_p is None:
             raise ValueError("Give `top_k`, `top_p` or both: RAD adds rewards to a filtered candidate set.")
-        vocab_sizes = {t.reward_model.config.vocab_size for t in terms}
+        # ---- cross-tokenizer dispatch (issue 14): terms whose reward model reads another tokenizer go through text
+        bridges = _cross_tokenizer_bridges(tokenizer, terms)  # {term index: TokenizerBridge}
+        if bridges and top_k is None:
+            raise ValueError("A reward model with another tokenizer scores the LM's top-k candidates: set `top_k`.")
+        shared = [t for i, t in enumerate(terms) if i not in bridges]  # the terms read on the LM's own ids
+        # ----
+        vocab_sizes = {t.reward_model.config.vocab_size for t in shared}
         if len(vocab_sizes) > 1 and tokenizer is None:
             raise ValueError(
                 f"The reward models have different vocabulary sizes {sorted(vocab_sizes)}: pass `tokenizer=` (the "
                 "LM's) so the shared token → id map can be checked (embedding matrices padded to different sizes)."
             )
-        self.scorers = [_make_scorer(t, self.expected_model_type) for t in terms]
+        self.scorers = [_make_scorer(t, self.expected_model_type, bridges.get(i)) for i, t in enumerate(terms)]
         if top_k is None and any(isinstance(s, _RadVScorer) for s in self.scorers):
             raise ValueError("RAD-V scores a fixed number of candidates per step: set `top_k` (e.g. 20).")
         # Ids ≥ the smallest reward-model vocabulary are never real tokens once the tokenizer is checked.
-        self.vocab_size = min(vocab_sizes)
-        self.top_k = min(top_k, self.vocab_size) if top_k is not None else None  # top_k=10**6 means "all"
+        self.vocab_size = min(vocab_sizes) if vocab_sizes else None  # None: every term goes through text
+        self.top_k = min(top_k, self.vocab_size or top_k) if top_k is not None else None  # top_k=10**6 means "all"
         self.top_p = top_p
         self.num_tokens = None  # the LM tokenizer's size, when known: LM scores may be wider (padding rows)
         if tokenizer is not None:
-            _check_tokenizer(tokenizer, terms)
+            _check_tokenizer(tokenizer, shared)
             self.num_tokens = len(tokenizer)
-        self.pad_token_ids = _pad_token_ids(tokenizer, terms)
+        self.pad_token_ids = _pad_token_ids(tokenizer, shared)
         # What a padding position of a prompt mask holds: the LM tokenizer's pad id when known (the reward models'
         # configs may name another one), else one id shared by all of them (checked on the mask itself).
         self._mask_pad_id = getattr(tokenizer, "pad_token_id", None)
@@ -211,7 +222,7 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
         the tokenizer checked against the reward models, the extra LM columns are never real tokens: they get −inf.
         """
         V = scores.shape[-1]
-        if V == self.vocab_size:
+        if V == self.vocab_size or self.vocab_size is None:  # None: all terms read text (issue 14), any width
             return scores
         if self.num_tokens is None or self.num_tokens > min(V, self.vocab_size):
             raise ValueError(
@@ -452,7 +463,7 @@ class _RadVScorer(_Scorer):
             )
 
 
-def _make_scorer(term: RewardTerm, expected_model_type: str | None) -> _Scorer:
+def _make_scorer(term: RewardTerm, expected_model_type: str | None, bridge=None) -> _Scorer:
     model_type = getattr(term.reward_model.config, "model_type", None)
     if expected_model_type is not None and model_type != expected_model_type:
         names = {"rad_q": "RADQ", "rad_v": "RADV"}
@@ -460,6 +471,10 @@ def _make_scorer(term: RewardTerm, expected_model_type: str | None) -> _Scorer:
             f"{names[expected_model_type]} needs a {expected_model_type} reward model, got {model_type!r}"
             + (f": use {names[model_type]}(...) instead." if model_type in names else ".")
         )
+    if bridge is not None and model_type in ("rad_q", "rad_v"):  # issue 14: scored through text
+        from .decoding_cross import make_cross_scorer
+
+        return make_cross_scorer(term, bridge, model_type)
     if model_type == "rad_q":
         if term.reward_model.config.bos_token_id is None:
             raise ValueError("RAD-Q prepends BOS to the prompt: set `bos_token_id` in the reward model's config.")
@@ -513,6 +528,39 @@ def _top_p_keep(scores: torch.Tensor, top_p: float, sorted_: bool) -> torch.Tens
     sorted_probs, order = probs.sort(-1, descending=True)
     keep_sorted = (sorted_probs.cumsum(-1) - sorted_probs) < top_p
     return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+def _saved_tokenizer(config):
+    """The tokenizer saved with a reward model (its `name_or_path` folder), or None."""
+    from transformers import AutoTokenizer  # local: only needed for the tokenizer checks
+
+    path = getattr(config, "name_or_path", "") or ""
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True) if path else None
+    except (OSError, ValueError):
+        return None  # the reward model folder has no tokenizer of its own
+
+
+def _cross_tokenizer_bridges(tokenizer, terms) -> dict:
+    """Issue 14: a `TokenizerBridge` for each term whose reward model's tokenizer (`RewardTerm.tokenizer`, else its
+    saved one) has another vocabulary than the LM's `tokenizer`; none without the LM tokenizer."""
+    if tokenizer is None:
+        return {}
+    from .tokenizer_bridge import TokenizerBridge
+
+    bridges = {}
+    for i, term in enumerate(terms):
+        rm_tokenizer = term.tokenizer if term.tokenizer is not None else _saved_tokenizer(term.reward_model.config)
+        if rm_tokenizer is None or rm_tokenizer.get_vocab() == tokenizer.get_vocab():
+            continue
+        try:
+            bridges[i] = TokenizerBridge(tokenizer, rm_tokenizer)
+        except ValueError as err:
+            raise ValueError(
+                f"The LM tokenizer and the reward model's tokenizer map tokens to different ids, and scoring through "
+                f"text is not possible: {err}"
+            ) from err
+    return bridges
 
 
 def _check_tokenizer(tokenizer, terms) -> None:

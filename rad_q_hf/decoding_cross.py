@@ -1,0 +1,242 @@
+"""Reward terms whose reward model reads another tokenizer than the LM (issue 14): RAD-V and RAD-Q through text.
+
+The processor in `decoding.py` builds these scorers when it is given the LM's `tokenizer` and a reward model whose
+tokenizer (`RewardTerm.tokenizer`, else the one saved with the reward model) has another vocabulary. They keep the
+processor's scorer interface (`prefill` / `step` on LM ids and LM candidates) and a [`TokenizerBridge`] state that
+turns LM tokens into reward-model (RM) tokens: each candidate becomes "drop the RM prefix's last `rollback` tokens,
+append `pieces`" (usually one token; sometimes several or none).
+
+Rolled-back tokens are never cut out of the KV cache: their columns are masked out of the RM attention mask (per row),
+so the cache of every row stays one tensor and positions are `cumsum(mask) − 1` over the real tokens, exactly as if
+the row had been encoded from scratch.
+
+**RAD-V.** The reward of a candidate is the RM's value of `RM ids of (text ⊕ candidate)`. The cache holds N·k rows;
+each step one forward over the N·k rows feeds, per row, the pieces of one candidate (right-padded and masked into a
+common width). After the LM samples, the chosen candidate's row is kept (as in the shared-tokenizer path); a row
+whose RM prefix was re-synced, or that followed a token outside its candidates, gets the correction fed in front of
+the next step's pieces (same forward). A candidate adding no RM token gets the reward of the current text.
+
+**RAD-Q.** Defined as the RAD-Q reward of the candidate's **first** RM token after the RM prefix it keeps:
+`r(x, v) = r_RADQ(RM prefix without its last rollback tokens, first piece)`. A multi-token candidate is thus judged
+by how it starts (its later tokens would each need the hidden state of the one before: another RM call). A candidate
+that adds no RM token (half a UTF-8 character, a special token) leaves the text unchanged, and gets the reward of
+the current text: the RAD-Q reward of the RM prefix's last token given the tokens before it (for an empty text, the
+head's baseline at BOS). One cached RM forward per generated token feeds the RM tokens the chosen token added (none,
+one or several, masked into a common width); the hidden states of the last `window` RM positions are kept to score
+candidates that roll back.
+"""
+
+import torch
+
+from .decoding import RewardTerm, _Scorer
+from .tokenizer_bridge import BridgeState, CandidatePieces, TokenizerBridge, _lcp, _pad
+
+
+def drop_last_real(mask: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Zero the last `n` (R,) real positions of each row of `mask` (R, L).
+
+    >>> drop_last_real(torch.tensor([[0, 1, 1, 0, 1]]), torch.tensor([2])).tolist()
+    [[0, 1, 0, 0, 0]]
+    """
+    from_right = mask.flip(-1).cumsum(-1).flip(-1)  # (R, L): real positions at or after each column
+    return mask * (from_right > n[:, None].to(mask.device)).to(mask.dtype)
+
+
+def _last_real(mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last real column (R,); rows without one give −1."""
+    idx = torch.arange(mask.shape[-1], device=mask.device)
+    return torch.where(mask.bool(), idx, -1).amax(-1)
+
+
+class _CrossScorer(_Scorer):
+    """Shared state: the bridge and the RM attention mask (one row per cache row)."""
+
+    def __init__(self, term: RewardTerm, bridge: TokenizerBridge):
+        self.bridge = bridge
+        super().__init__(term)
+
+    def reset(self):
+        super().reset()
+        self.state: BridgeState | None = None
+        self.rm_mask: torch.Tensor | None = None  # (R, L) long over the cache's columns
+
+    def _start(self, ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        self.state = self.bridge.start(ids, mask)
+        rm_ids, rm_mask = self.state.prefix_batch("left")  # (N, L)
+        return rm_ids.to(self.model.device), rm_mask.to(self.model.device)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+class CrossRadVScorer(_CrossScorer):
+    """RAD-V through text: one forward over N·k rows per step (see the module docstring)."""
+
+    def reset(self):
+        super().reset()
+        self.cand = None  # (N, k) LM candidates of the last step
+        self.pieces: CandidatePieces | None = None
+        self.prefix_reward = None  # (N,) value of the current RM prefix (zero-token candidates)
+
+    def prefill(self, ids, mask, cand):
+        rm_ids, rm_mask = self._start(ids, mask)
+        if not bool(rm_mask.any(-1).all()):
+            raise ValueError("Cross-tokenizer RAD-V needs some prompt text in every row (an RM prefix to score).")
+        self._check_length(rm_ids.shape[1] + 1)
+        hidden, self.cache = self.model.encode(rm_ids, rm_mask, use_cache=True)
+        self.prefix_reward = self.model.score_hidden(hidden[:, -1], label=self.label)  # (N,) left-padded: last = real
+        self.cache.batch_repeat_interleave(cand.shape[1])
+        self.rm_mask = rm_mask.repeat_interleave(cand.shape[1], 0)  # (N·k, L)
+        N = len(ids)
+        no_fix = (
+            torch.zeros(N, 1, dtype=torch.long),
+            torch.zeros(N, 1, dtype=torch.bool),
+            torch.zeros(N, dtype=torch.long),
+        )
+        return self._score(cand, *no_fix)
+
+    def step(self, new_tok, mask, beam_idx, cand):
+        device = self.model.device
+        N, k_prev = self.cand.shape
+        src = beam_idx.to(device) if beam_idx is not None else torch.arange(N, device=device)  # (N,)
+        chosen = (self.cand[src] == new_tok.to(device)).int().argmax(-1)  # (N,), 0 for a token outside
+        rows = src * k_prev + chosen  # (N,) the cache rows that continue
+        self.cache.batch_select_indices(rows)
+        self.rm_mask = self.rm_mask[rows]
+        held = self._row_contents(src.tolist(), chosen.tolist())  # RM ids each kept cache row holds
+        if beam_idx is not None:
+            self.state.reorder(beam_idx)
+        reward_of_held = self.last_reward[rows]
+        self.state.advance(new_tok[:, 0])
+        fix_ids, fix_mask, fix_back = self._corrections(held)
+        self.prefix_reward = reward_of_held
+        self.cache.batch_repeat_interleave(cand.shape[1])
+        self.rm_mask = self.rm_mask.repeat_interleave(cand.shape[1], 0)
+        return self._score(cand, fix_ids, fix_mask, fix_back)
+
+    def _row_contents(self, src: list[int], chosen: list[int]) -> list[list[int]]:
+        """RM ids of the kept cache rows: the old prefix with the chosen candidate's pieces applied."""
+        out = []
+        for s, j in zip(src, chosen, strict=True):
+            prefix = self.old_prefix[s]
+            back = int(self.pieces.rollback[s, j])
+            out.append(prefix[: len(prefix) - back] + self.pieces.ids[s, j][self.pieces.mask[s, j]].tolist())
+        return out
+
+    def _corrections(self, held: list[list[int]]):
+        """What to roll back and feed so that each cache row holds the bridge's RM prefix (usually nothing)."""
+        new = self.state.prefix_ids()
+        # A row that only drops tokens (it followed a token outside its candidates, e.g. padding after EOS) re-feeds
+        # its last kept token too: its value is the reward of candidates that add no RM token.
+        keep = [
+            n - (0 < n == len(b) < len(a)) for a, b, n in ((a, b, _lcp(a, b)) for a, b in zip(held, new, strict=True))
+        ]
+        ids, m = _pad([b[n:] for b, n in zip(new, keep, strict=True)])
+        back = torch.tensor([len(a) - n for a, n in zip(held, keep, strict=True)], dtype=torch.long)
+        return ids, m, back
+
+    def _score(self, cand, fix_ids, fix_mask, fix_back):
+        """One forward over N·k rows: [correction of the row] + [candidate pieces], rolled back by masking."""
+        device = self.model.device
+        N, k = cand.shape
+        self.cand = cand.to(device)
+        self.old_prefix = self.state.prefix_ids()
+        self.pieces = pieces = self.state.candidates(cand)  # (N, k, S)
+        fix_ids, fix_mask = fix_ids.repeat_interleave(k, 0), fix_mask.repeat_interleave(k, 0)  # (N·k, F)
+        seg_ids = torch.cat([fix_ids, pieces.ids.view(N * k, -1)], 1).to(device)  # (N·k, F + S)
+        seg_mask = torch.cat([fix_mask, pieces.mask.view(N * k, -1)], 1).long().to(device)
+        mask = drop_last_real(self.rm_mask, fix_back.repeat_interleave(k).to(device))
+        mask = torch.cat([mask, seg_mask[:, : fix_ids.shape[1]]], 1)
+        mask = drop_last_real(mask, pieces.rollback.view(-1).to(device))
+        mask = torch.cat([mask, seg_mask[:, fix_ids.shape[1] :]], 1)  # (N·k, L + F + S)
+        self._check_length(int(mask.sum(-1).max()))
+        hidden, self.cache = self.model.encode(seg_ids, mask, cache=self.cache, use_cache=True)
+        self.rm_mask = mask
+        last = _last_real(mask[:, -seg_ids.shape[1] :])  # (N·k,) last real column of the segment, −1: none
+        values = self.model.score_hidden(hidden[torch.arange(N * k), last.clamp(min=0)], label=self.label)
+        prefix = self.prefix_reward.to(device).repeat_interleave(k)
+        self.last_reward = torch.where(last >= 0, values, prefix)  # (N·k,)
+        return self.last_reward.view(N, k)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+class CrossRadQScorer(_CrossScorer):
+    """RAD-Q through text: one cached forward per step over the chosen token's RM pieces (module docstring)."""
+
+    window = 32  # hidden states kept per row (RM positions a candidate may roll back to)
+
+    def reset(self):
+        super().reset()
+        self.hist = None  # (N, W, d) hidden states after the last W RM positions, right-aligned
+        self.hist_ok = None  # (N, W) bool
+
+    def prefill(self, ids, mask, cand):
+        rm_ids, rm_mask = self._start(ids, mask)
+        self._check_length(rm_ids.shape[1] + 1)
+        bos = torch.full_like(rm_ids[:, :1], self.model.config.bos_token_id)
+        rm_ids, rm_mask = torch.cat([bos, rm_ids], 1), torch.cat([torch.ones_like(bos), rm_mask], 1)
+        hidden, self.cache = self.model.encode(rm_ids, rm_mask, use_cache=True)  # (N, 1 + L, d)
+        self.rm_mask = rm_mask
+        N, _, d = hidden.shape
+        self.hist = hidden.new_zeros(N, 0, d)
+        self.hist_ok = torch.zeros(N, 0, dtype=torch.bool, device=hidden.device)
+        self._push(hidden, rm_mask.bool(), torch.zeros(N, dtype=torch.long))
+        return self._score(cand)
+
+    def step(self, new_tok, mask, beam_idx, cand):
+        device = self.model.device
+        if beam_idx is not None:
+            idx = beam_idx.to(device)
+            self.cache.reorder_cache(idx)
+            self.rm_mask, self.hist, self.hist_ok = self.rm_mask[idx], self.hist[idx], self.hist_ok[idx]
+            self.state.reorder(beam_idx)
+        update = self.state.advance(new_tok[:, 0])
+        if bool(update.mask.any()) or bool(update.rollback.any()):  # all rows may have added nothing (half chars)
+            back = update.rollback.to(device)
+            mask = torch.cat([drop_last_real(self.rm_mask, back), update.mask.long().to(device)], 1)
+            self._check_length(int(mask.sum(-1).max()))
+            hidden, self.cache = self.model.encode(update.ids.to(device), mask, cache=self.cache, use_cache=True)
+            self.rm_mask = mask
+            self._push(hidden, update.mask.to(device), back)
+        return self._score(cand)
+
+    def _push(self, hidden, new_ok, back):
+        """Drop the last `back` (N,) kept states, append the real ones of `hidden` (N, S, d), keep the last W."""
+        ok = torch.cat([drop_last_real(self.hist_ok.long(), back).bool(), new_ok], 1)  # (N, W' + S)
+        states = torch.cat([self.hist, hidden], 1)
+        W = min(self.window, states.shape[1])
+        key = ok.long() * torch.arange(1, ok.shape[1] + 1, device=ok.device)  # invalid first, then in order
+        order = key.sort(dim=-1).indices[:, -W:]  # (N, W) right-aligned
+        self.hist = states.gather(1, order[..., None].expand(-1, -1, states.shape[-1]))
+        self.hist_ok = ok.gather(1, order)
+
+    def _hidden_before(self, back: torch.Tensor) -> torch.Tensor:
+        """Hidden state after the RM prefix without its last `back` (N, k) tokens: (N, k, d)."""
+        W = self.hist.shape[1]
+        if bool((back >= self.hist_ok.sum(-1, keepdim=True)).any()):
+            raise RuntimeError(f"A candidate rolls back more than the {W} RM positions kept: raise `window`.")
+        idx = (W - 1 - back).clamp(min=0)  # (N, k)
+        return self.hist.gather(1, idx[..., None].expand(-1, -1, self.hist.shape[-1]))
+
+    def _score(self, cand):
+        device = self.model.device
+        pieces = self.state.candidates(cand)  # (N, k, S)
+        back, first = pieces.rollback.to(device), pieces.ids[..., 0].to(device)  # (N, k)
+        h = self._hidden_before(back)  # (N, k, d)
+        r_first = self.model.score_hidden(h, first[..., None], label=self.label)[..., 0]  # (N, k)
+        return torch.where(pieces.n_tokens.to(device) > 0, r_first, self._text_reward()[:, None])
+
+    def _text_reward(self) -> torch.Tensor:
+        """RAD-Q reward of the current text (N,): its last RM token given the ones before; BOS baseline if empty."""
+        last = [p[-1] if p else 0 for p in self.state.prefix_ids()]
+        has = torch.tensor([bool(p) for p in self.state.prefix_ids()], device=self.hist.device)
+        tok = torch.tensor(last, device=self.hist.device)
+        r_tok = self.model.score_hidden(self.hist[:, -2], tok[:, None], label=self.label)[:, 0]  # (N,)
+        r_empty = self.model._baselines(self.hist[:, -1])[:, self.label]
+        return torch.where(has, r_tok, r_empty)
+
+
+def make_cross_scorer(term: RewardTerm, bridge: TokenizerBridge, model_type: str) -> _Scorer:
+    """The cross-tokenizer scorer of a RAD-V or RAD-Q term (called by `decoding._make_scorer`)."""
+    return {"rad_v": CrossRadVScorer, "rad_q": CrossRadQScorer}[model_type](term, bridge)
+
+
+__all__ = ["CrossRadQScorer", "CrossRadVScorer", "drop_last_real", "make_cross_scorer"]

@@ -1,0 +1,134 @@
+"""Cross-tokenizer RAD-V and RAD-Q (issue 14) against a slow reference that goes through text at every step.
+
+The reference decodes the full LM text (prompt + generated + candidate), re-tokenizes it with the reward model's
+tokenizer and scores it without a cache: RAD-V the value of the whole sequence; RAD-Q (as defined in
+`decoding_cross.py`) the reward of the candidate's first new RM token after the RM prefix it keeps, or, for a
+candidate that adds no RM token, the reward of the current text's last RM token. The LM (random tiny GPT-2) and the
+reward models use tiny tokenizers that disagree on purpose (SentencePiece-style with byte fallback vs byte-level BPE,
+two byte-level BPEs with different merges).
+"""
+
+import math
+
+import pytest
+import torch
+from conftest import build_reward_model, gpt2_config
+from test_decoding import Recorder, spread
+from test_tokenizer_bridge import CORPUS, byte_level_bpe, sentencepiece_style
+from transformers import AutoModelForCausalLM
+
+from rad_q_hf import RADQ, RewardAugmentedLogitsProcessor, RewardTerm
+from rad_q_hf.decoding_cross import CrossRadQScorer, CrossRadVScorer
+from rad_q_hf.tokenizer_bridge import _lcp, reference_rm_ids
+
+MODES = ["batch3_left_padded", "num_return_sequences2", "beam2", "combined", "eos_early"]
+PROMPTS = ["the movie was", "you are a kind", "naïve café 東京"]
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    words = " ".join(CORPUS[:6]).split()
+    rm_tok = byte_level_bpe([" ".join(reversed(words[i : i + 7])) for i in range(0, len(words), 3)] * 20, 330)
+    return {"sp": sentencepiece_style(CORPUS, 140), "bpe": byte_level_bpe(CORPUS, 400), "rm": rm_tok}
+
+
+class ReferenceCross:
+    """Σ β·clamp(r) on the LM's top-k, −inf elsewhere, every reward recomputed from the re-tokenized full text."""
+
+    def __init__(self, terms, top_k, lm_tok, prompt_mask):
+        self.terms, self.top_k, self.lm_tok, self.prompt_mask = terms, top_k, lm_tok, prompt_mask
+
+    @torch.no_grad()
+    def __call__(self, input_ids, scores):
+        N, P = input_ids.shape
+        m = self.prompt_mask.repeat_interleave(N // len(self.prompt_mask), 0)
+        mask = torch.cat([m, torch.ones(N, P - m.shape[1], dtype=m.dtype)], 1).bool()
+        out = torch.full_like(scores, -math.inf)
+        for i in range(N):
+            real = input_ids[i][mask[i]].tolist()
+            cand = scores[i].topk(self.top_k).indices
+            total = scores[i, cand].clone()
+            for term in self.terms:
+                r = torch.stack([self.reward(term, real, int(c)) for c in cand]).clamp(0, 1)
+                total += term.beta * (1 - r if term.direction == "minimize" else r)
+            out[i, cand] = total
+        return out
+
+    def reward(self, term, real, c):
+        rm, rm_tok = term.reward_model, term.tokenizer
+        label = rm.config.label_index(term.label)
+        prefix = reference_rm_ids(self.lm_tok, rm_tok, real)
+        full = reference_rm_ids(self.lm_tok, rm_tok, real + [c])
+        if rm.config.model_type == "rad_v":
+            return rm(torch.tensor([full]), use_cache=False).rewards[0, -1, label]
+        bos = [rm.config.bos_token_id]
+        keep = _lcp(prefix, full)
+        if len(full) > keep:  # the first RM token the candidate adds, after the prefix tokens it keeps
+            return rm(torch.tensor([bos + full[:keep]]), use_cache=False).rewards[0, -1, label, full[keep]]
+        return rm(torch.tensor([bos + full[:-1]]), use_cache=False).rewards[0, -1, label, full[-1]]  # text's reward
+
+
+def setup_case(method, lm_name, mode, tokenizers):
+    lm_tok, rm_tok = tokenizers[lm_name], tokenizers["rm"]
+    torch.manual_seed(123)
+    lm = AutoModelForCausalLM.from_config(gpt2_config(len(lm_tok))).eval()
+    rm = spread(build_reward_model(method, "gpt2", len(rm_tok), seed=1))
+    terms = [RewardTerm(rm, 3.0, 0, "maximize", rm_tok)]
+    if mode == "combined":
+        other = "rad_q" if method == "rad_v" else "rad_q_no_baseline"
+        terms.append(
+            RewardTerm(spread(build_reward_model(other, "gpt2", len(rm_tok), seed=2)), 2.0, "b", "minimize", rm_tok)
+        )
+    lm_tok.padding_side = "left"
+    batch = lm_tok(
+        PROMPTS[:2] if mode in ("num_return_sequences2", "beam2") else PROMPTS, return_tensors="pt", padding=True
+    )
+    gen = dict(
+        do_sample=True, max_new_tokens=6, pad_token_id=lm_tok.pad_token_id, eos_token_id=lm_tok.eos_token_id, top_k=0
+    )
+    if mode == "num_return_sequences2":
+        gen["num_return_sequences"] = 2
+    if mode == "beam2":
+        gen.update(do_sample=False, num_beams=2)
+    if mode == "eos_early":  # finished rows then get pad tokens, outside their candidates (RAD-V's correction path)
+        gen.update(eos_token_id=list(range(3, len(lm_tok), 3)), max_new_tokens=10)
+    return lm, lm_tok, terms, batch, gen
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("lm_name", ["sp", "bpe"])
+@pytest.mark.parametrize("method", ["rad_v", "rad_q"])
+def test_cross_tokenizer_matches_text_reference(method, lm_name, mode, tokenizers):
+    lm, lm_tok, terms, batch, gen = setup_case(method, lm_name, mode, tokenizers)
+    mask = batch["attention_mask"]
+    fast = RewardAugmentedLogitsProcessor.combine(terms, top_k=5, attention_mask=mask, tokenizer=lm_tok)
+    expected_type = CrossRadVScorer if method == "rad_v" else CrossRadQScorer
+    assert isinstance(fast.scorers[0], expected_type) and fast.vocab_size is None
+    recorder = Recorder(fast)
+    torch.manual_seed(0)
+    lm.generate(**batch, logits_processor=[recorder], **gen)
+    reference = ReferenceCross(terms, 5, lm_tok, mask)
+    bonus = []
+    for step, (ids, raw, processed) in enumerate(recorder.calls):
+        torch.testing.assert_close(processed, reference(ids, raw), rtol=1e-4, atol=1e-4, msg=f"step {step}")
+        bonus.append((processed - raw)[processed.isfinite()])
+    assert torch.cat(bonus).std() > 0.1  # the rewards vary: not a comparison between constants
+
+
+def test_same_tokenizer_keeps_the_shared_path(tokenizers):
+    """Given the reward model's own tokenizer equal to the LM's, nothing goes through text."""
+    tok = tokenizers["rm"]
+    rm = build_reward_model("rad_q", "gpt2", len(tok))
+    proc = RewardAugmentedLogitsProcessor.combine([RewardTerm(rm, 1.0, 0, "maximize", tok)], top_k=5, tokenizer=tok)
+    assert type(proc.scorers[0]).__name__ == "_RadQScorer" and proc.vocab_size == len(tok)
+
+
+def test_saved_reward_tokenizer_selects_the_cross_path(tokenizers, tmp_path):
+    lm_tok, rm_tok = tokenizers["sp"], tokenizers["rm"]
+    rm = build_reward_model("rad_q", "gpt2", len(rm_tok))
+    rm.save_pretrained(tmp_path)
+    rm_tok.save_pretrained(tmp_path)
+    loaded = type(rm).from_pretrained(tmp_path)
+    assert isinstance(RADQ(loaded, top_k=5, tokenizer=lm_tok).scorers[0], CrossRadQScorer)
+    with pytest.raises(ValueError, match="top_k"):
+        RADQ(loaded, top_k=None, top_p=0.9, tokenizer=lm_tok)
