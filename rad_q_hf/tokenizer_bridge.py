@@ -216,11 +216,8 @@ class PrefixUpdate:
 def _pad(rows: list[list[int]], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad lists of ids: (len(rows), S) ids and bool mask, S ≥ 1 (an all-empty batch still has one column)."""
     S = max([width or 1] + [len(r) for r in rows])
-    ids = torch.zeros(len(rows), S, dtype=torch.long)
-    mask = torch.zeros(len(rows), S, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = True
+    ids = torch.tensor([list(r) + [0] * (S - len(r)) for r in rows], dtype=torch.long).view(len(rows), S)
+    mask = torch.arange(S) < torch.tensor([len(r) for r in rows], dtype=torch.long)[:, None]
     return ids, mask
 
 
@@ -297,7 +294,8 @@ class TokenizerBridge:
         """RM ids of several texts in one batched call, without special tokens."""
         if not texts:
             return []
-        return self.rm_tokenizer(texts, add_special_tokens=False)["input_ids"]
+        # The backend's own batch call: the same ids as `rm_tokenizer(texts, add_special_tokens=False)`, less overhead.
+        return [e.ids for e in self.rm_tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> "BridgeState":
         """State for rows of LM ids (N, P); `attention_mask` (N, P) marks the real tokens (padding on any side)."""
@@ -410,17 +408,12 @@ class BridgeState:
         return CandidatePieces(ids.view(N, k, -1), mask.view(N, k, -1), torch.tensor(rollback).view(N, k))
 
     def _encode_tails(self, tails: list[str], row_of: list[int]) -> list[tuple[int, ...]]:
-        """encode(tail) for each text, reusing the row's own tail ids when the text did not grow."""
-        out: list[tuple[int, ...] | None] = [None] * len(tails)
-        todo = [n for n, t in enumerate(tails) if t != self.rows[row_of[n]].tail]
-        for n in range(len(tails)):
-            if out[n] is None and n not in todo:
-                out[n] = self.rows[row_of[n]].tail_ids
-        unique = sorted({tails[n] for n in todo})
+        """encode(tail) for each text (one batched call over the distinct ones), reusing a row's own tail ids when
+        the text did not grow (a candidate that adds no complete character)."""
+        same = [t == self.rows[i].tail for t, i in zip(tails, row_of, strict=True)]
+        unique = sorted({t for t, s in zip(tails, same, strict=True) if not s})
         encoded = dict(zip(unique, map(tuple, self.bridge.encode(unique)), strict=True))
-        for n in todo:
-            out[n] = encoded[tails[n]]
-        return out  # type: ignore[return-value]
+        return [self.rows[i].tail_ids if s else encoded[t] for t, i, s in zip(tails, row_of, same, strict=True)]
 
     def advance(self, tokens: torch.Tensor) -> PrefixUpdate:
         """Append the LM's chosen token (N,) to each row; returns how each RM prefix changed."""
