@@ -132,3 +132,37 @@ def test_saved_reward_tokenizer_selects_the_cross_path(tokenizers, tmp_path):
     assert isinstance(RADQ(loaded, top_k=5, tokenizer=lm_tok).scorers[0], CrossRadQScorer)
     with pytest.raises(ValueError, match="top_k"):
         RADQ(loaded, top_k=None, top_p=0.9, tokenizer=lm_tok)
+
+
+def test_gemma3_steered_by_the_shipped_smollm2_reward_models():
+    """The real pair end to end: Gemma-3-270M with the shipped RAD-Q and RAD-V toxicity models, whose checkpoints
+    carry the SmolLM2 tokenizer (the processor picks the cross path by itself), against the text reference."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from rad_q_hf import default_checkpoint
+    from rad_q_hf.embedded import resolve
+
+    lm_tok = AutoTokenizer.from_pretrained(resolve("gemma3-270m"))
+    lm = AutoModelForCausalLM.from_pretrained(resolve("gemma3-270m")).eval()
+    terms = []
+    for name, label_dir in [("rad-q-toxicity", "minimize"), ("rad-v-toxicity", "minimize")]:
+        path = default_checkpoint(name)
+        terms.append(RewardTerm(AutoModel.from_pretrained(path).eval(), 10.0, 0, label_dir))
+    lm_tok.padding_side = "left"
+    batch = lm_tok(["I think that you", "The café in 東京 was"], return_tensors="pt", padding=True)
+    proc = RewardAugmentedLogitsProcessor.combine(
+        terms, top_k=5, attention_mask=batch["attention_mask"], tokenizer=lm_tok
+    )
+    assert [type(s) for s in proc.scorers] == [CrossRadQScorer, CrossRadVScorer]
+    recorder = Recorder(proc)
+    torch.manual_seed(0)
+    lm.generate(**batch, logits_processor=[recorder], do_sample=True, top_k=0, max_new_tokens=3, min_new_tokens=3)
+    smol = proc.scorers[0].bridge.rm_tokenizer
+    reference = ReferenceCross(
+        [RewardTerm(t.reward_model, t.beta, t.label, t.direction, smol) for t in terms],
+        5,
+        lm_tok,
+        batch["attention_mask"],
+    )
+    for ids, raw, processed in recorder.calls:
+        torch.testing.assert_close(processed, reference(ids, raw), rtol=1e-4, atol=1e-4)

@@ -240,3 +240,40 @@ def test_unsupported_decoder_is_rejected():
     tok.decoder = decoders.WordPiece()
     with pytest.raises(ValueError, match="Unsupported tokenizer decoder"):
         token_bytes(PreTrainedTokenizerFast(tokenizer_object=tok))
+
+
+@pytest.fixture(scope="module")
+def real_pair():
+    from transformers import AutoTokenizer
+
+    from rad_q_hf.embedded import resolve
+
+    return AutoTokenizer.from_pretrained(resolve("gemma3-270m")), AutoTokenizer.from_pretrained(
+        resolve("smollm2-135m")
+    )
+
+
+def test_real_pair_gemma_to_smollm2_matches_full_retokenization(real_pair):
+    """Gemma-3 (SentencePiece-style, 262k, byte fallback) → SmolLM2 (byte-level BPE) on real prompts + text written
+    here, with random candidates from the whole Gemma vocabulary (byte tokens, specials, other scripts)."""
+    gemma, smol = real_pair
+    rng = random.Random(0)
+    bridge = TokenizerBridge(gemma, smol)
+    texts = ["She and her twin, Nikita, were found in 2001 in Ontario’s", "\"We aren't out", *EXTRA]
+    checked = 0
+    for text in texts:
+        ids = gemma.encode(text)  # with Gemma's BOS
+        state = bridge.start(torch.tensor([ids]))
+        for step in range(6):
+            cand = torch.tensor([rng.sample(range(len(gemma)), 12) + rng.sample(range(236000, 236800), 4)])
+            pieces = state.candidates(cand)
+            prefix = state.prefix_ids()[0]
+            for j, c in enumerate(cand[0].tolist()):
+                got = prefix[: len(prefix) - int(pieces.rollback[0, j])] + pieces.ids[0, j][pieces.mask[0, j]].tolist()
+                assert got == reference_rm_ids(gemma, smol, ids + [c]), (text, step, c)
+                checked += 1
+            chosen = cand[:, step % 16]
+            state.advance(chosen)
+            ids = ids + [int(chosen)]
+            assert state.prefix_ids()[0] == reference_rm_ids(gemma, smol, ids)
+    assert checked == len(texts) * 6 * 16
