@@ -279,7 +279,12 @@ class TokenizerBridge:
             raise ValueError(f"`hold_tokens` must be ≥ 1, got {hold_tokens}.")
         self.lm_tokenizer, self.rm_tokenizer = lm_tokenizer, rm_tokenizer
         self.lm_bytes, self.strip_first_space = token_bytes(lm_tokenizer)
-        token_bytes(rm_tokenizer)  # the RM tokenizer must decode token by token too (no prefix space added, etc.)
+        _, rm_adds_prefix_space = token_bytes(rm_tokenizer)  # checks that the RM tokenizer decodes token by token
+        if rm_adds_prefix_space:  # encoding a tail mid-text would insert a spurious `▁`
+            raise ValueError(
+                "The reward model's tokenizer adds a prefix space (SentencePiece dummy prefix) when encoding: "
+                "cross-tokenizer decoding does not support it as the reward model's tokenizer."
+            )
         self.hold_tokens, self.resync_every = hold_tokens, resync_every
         backend = rm_tokenizer.backend_tokenizer
         # Pre-token offsets are usable when the RM splits words before its merges and has no normalizer (offsets of a

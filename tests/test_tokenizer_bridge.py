@@ -235,6 +235,11 @@ def test_reorder_follows_beams(toks):
     assert state.texts() == ["the movie was"] * 2
 
 
+def test_rm_tokenizer_with_a_dummy_prefix_is_rejected(toks):
+    with pytest.raises(ValueError, match="prefix space"):
+        TokenizerBridge(toks["bpe_a"], toks["sp_prefix"])
+
+
 def test_unsupported_decoder_is_rejected():
     tok = Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>"))
     tok.decoder = decoders.WordPiece()
