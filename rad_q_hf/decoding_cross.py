@@ -163,6 +163,11 @@ class CrossRadQScorer(_CrossScorer):
 
     window = 32  # hidden states kept per row (RM positions a candidate may roll back to)
 
+    def __init__(self, term: RewardTerm, bridge: TokenizerBridge):
+        if term.reward_model.config.bos_token_id is None:
+            raise ValueError("RAD-Q prepends BOS to the prompt: set `bos_token_id` in the reward model's config.")
+        super().__init__(term, bridge)
+
     def reset(self):
         super().reset()
         self.hist = None  # (N, W, d) hidden states after the last W RM positions, right-aligned
