@@ -231,12 +231,10 @@ class CrossRadQScorer(_CrossScorer):
 
     def _text_reward(self) -> torch.Tensor:
         """RAD-Q reward of the current text (N,): its last RM token given the ones before; BOS baseline if empty."""
-        last = [p[-1] if p else 0 for p in self.state.prefix_ids()]
-        has = torch.tensor([bool(p) for p in self.state.prefix_ids()], device=self.hist.device)
-        tok = torch.tensor(last, device=self.hist.device)
-        r_tok = self.model.score_hidden(self.hist[:, -2], tok[:, None], label=self.label)[:, 0]  # (N,)
+        last = torch.tensor(self.state.last_ids(), device=self.hist.device)  # (N,), −1: no text yet
+        r_tok = self.model.score_hidden(self.hist[:, -2], last.clamp(min=0)[:, None], label=self.label)[:, 0]  # (N,)
         r_empty = self.model._baselines(self.hist[:, -1])[:, self.label]
-        return torch.where(has, r_tok, r_empty)
+        return torch.where(last >= 0, r_tok, r_empty)
 
 
 def make_cross_scorer(term: RewardTerm, bridge: TokenizerBridge, model_type: str) -> _Scorer:

@@ -382,6 +382,10 @@ class BridgeState:
         """Each row's RM prefix: committed + tail tokens."""
         return [r.ids for r in self.rows]
 
+    def last_ids(self) -> list[int]:
+        """Each row's last RM token id, −1 for a row without any."""
+        return [(r.tail_ids or r.committed or (-1,))[-1] for r in self.rows]
+
     def texts(self) -> list[str]:
         """Each row's complete text (without a pending half character)."""
         return [r.text for r in self.rows]

@@ -65,6 +65,8 @@ class ReferenceCross:
         keep = _lcp(prefix, full)
         if len(full) > keep:  # the first RM token the candidate adds, after the prefix tokens it keeps
             return rm(torch.tensor([bos + full[:keep]]), use_cache=False).rewards[0, -1, label, full[keep]]
+        if not full:  # no text yet: the head's baseline at BOS
+            return rm._baselines(rm.encode(torch.tensor([bos]))[0][0, -1])[label]
         return rm(torch.tensor([bos + full[:-1]]), use_cache=False).rewards[0, -1, label, full[-1]]  # text's reward
 
 
@@ -90,6 +92,8 @@ def setup_case(method, lm_name, mode, tokenizers):
         gen["num_return_sequences"] = 2
     if mode == "beam2":
         gen.update(do_sample=False, num_beams=2)
+    if mode == "empty_prompt":  # a row with no text yet (only BOS): RAD-Q's zero-token candidates get the baseline
+        batch = lm_tok(["<bos>", "the movie was"], return_tensors="pt", padding=True)
     if mode == "eos_early":  # finished rows then get pad tokens, outside their candidates (RAD-V's correction path)
         gen.update(eos_token_id=list(range(3, len(lm_tok), 3)), max_new_tokens=10)
     return lm, lm_tok, terms, batch, gen
@@ -113,6 +117,20 @@ def test_cross_tokenizer_matches_text_reference(method, lm_name, mode, tokenizer
         torch.testing.assert_close(processed, reference(ids, raw), rtol=1e-4, atol=1e-4, msg=f"step {step}")
         bonus.append((processed - raw)[processed.isfinite()])
     assert torch.cat(bonus).std() > 0.1  # the rewards vary: not a comparison between constants
+
+
+@pytest.mark.parametrize("lm_name", ["sp", "bpe"])
+def test_cross_rad_q_from_an_empty_text(lm_name, tokenizers):
+    test_cross_tokenizer_matches_text_reference("rad_q", lm_name, "empty_prompt", tokenizers)
+
+
+def test_cross_rad_v_needs_prompt_text(tokenizers):
+    lm, lm_tok, terms, batch, gen = setup_case("rad_v", "sp", "empty_prompt", tokenizers)
+    proc = RewardAugmentedLogitsProcessor.combine(
+        terms, top_k=5, attention_mask=batch["attention_mask"], tokenizer=lm_tok
+    )
+    with pytest.raises(ValueError, match="prompt text in every row"):
+        lm.generate(**batch, logits_processor=[proc], **gen)
 
 
 def test_same_tokenizer_keeps_the_shared_path(tokenizers):
