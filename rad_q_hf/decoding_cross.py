@@ -151,7 +151,7 @@ class CrossRadVScorer(_CrossScorer):
         hidden, self.cache = self.model.encode(seg_ids, mask, cache=self.cache, use_cache=True)
         self.rm_mask = mask
         last = _last_real(mask[:, -seg_ids.shape[1] :])  # (N·k,) last real column of the segment, −1: none
-        values = self.model.score_hidden(hidden[torch.arange(N * k), last.clamp(min=0)], label=self.label)
+        values = self.model.score_hidden(hidden[torch.arange(N * k, device=device), last.clamp(min=0)], label=self.label)
         prefix = self.prefix_reward.to(device).repeat_interleave(k)
         self.last_reward = torch.where(last >= 0, values, prefix)  # (N·k,)
         return self.last_reward.view(N, k)

@@ -184,3 +184,25 @@ def test_gemma3_steered_by_the_shipped_smollm2_reward_models():
     )
     for ids, raw, processed in recorder.calls:
         torch.testing.assert_close(processed, reference(ids, raw), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["batch3_left_padded", "beam2", "eos_early"])
+@pytest.mark.parametrize("method", ["rad_v", "rad_q"])
+def test_cross_tokenizer_on_device(method, mode, device, tokenizers):
+    """LM and reward models on the device (fp32), the text reference on the CPU."""
+    import copy
+
+    lm, lm_tok, terms, batch, gen = setup_case(method, "sp", mode, tokenizers)
+    moved = [
+        RewardTerm(copy.deepcopy(t.reward_model).to(device), t.beta, t.label, t.direction, t.tokenizer) for t in terms
+    ]
+    fast = RewardAugmentedLogitsProcessor.combine(
+        moved, top_k=5, attention_mask=batch["attention_mask"], tokenizer=lm_tok
+    )
+    recorder = Recorder(fast)
+    torch.manual_seed(0)
+    lm.to(device).generate(**batch.to(device), logits_processor=[recorder], **gen)
+    reference = ReferenceCross(terms, 5, lm_tok, batch["attention_mask"].cpu())
+    for step, (ids, raw, processed) in enumerate(recorder.calls):
+        expected = reference(ids.cpu(), raw.cpu())
+        torch.testing.assert_close(processed.cpu(), expected, rtol=1e-4, atol=1e-4, msg=f"step {step}")
