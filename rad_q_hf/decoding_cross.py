@@ -151,7 +151,9 @@ class CrossRadVScorer(_CrossScorer):
         hidden, self.cache = self.model.encode(seg_ids, mask, cache=self.cache, use_cache=True)
         self.rm_mask = mask
         last = _last_real(mask[:, -seg_ids.shape[1] :])  # (N·k,) last real column of the segment, −1: none
-        values = self.model.score_hidden(hidden[torch.arange(N * k, device=device), last.clamp(min=0)], label=self.label)
+        values = self.model.score_hidden(
+            hidden[torch.arange(N * k, device=device), last.clamp(min=0)], label=self.label
+        )
         prefix = self.prefix_reward.to(device).repeat_interleave(k)
         self.last_reward = torch.where(last >= 0, values, prefix)  # (N·k,)
         return self.last_reward.view(N, k)
@@ -216,10 +218,16 @@ class CrossRadQScorer(_CrossScorer):
     def _hidden_before(self, back: torch.Tensor) -> torch.Tensor:
         """Hidden state after the RM prefix without its last `back` (N, k) tokens: (N, k, d)."""
         W = self.hist.shape[1]
-        if bool((back >= self.hist_ok.sum(-1, keepdim=True)).any()):
-            raise RuntimeError(f"A candidate rolls back more than the {W} RM positions kept: raise `window`.")
         idx = (W - 1 - back).clamp(min=0)  # (N, k)
-        return self.hist.gather(1, idx[..., None].expand(-1, -1, self.hist.shape[-1]))
+        h = self.hist.gather(1, idx[..., None].expand(-1, -1, self.hist.shape[-1]))
+        beyond = back >= self.hist_ok.sum(-1, keepdim=True)  # (N, k) rolls back past the kept states: rare
+        if bool(beyond.any()):
+            h = h.clone()
+            prefixes = self.state.prefix_ids()
+            for n, j in beyond.nonzero().tolist():  # re-encode that shorter prefix without the cache
+                ids = [self.model.config.bos_token_id] + prefixes[n][: len(prefixes[n]) - int(back[n, j])]
+                h[n, j] = self.model.encode(torch.tensor([ids], device=h.device))[0][0, -1]
+        return h
 
     def _score(self, cand):
         device = self.model.device

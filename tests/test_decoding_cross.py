@@ -133,6 +133,12 @@ def test_cross_rad_v_needs_prompt_text(tokenizers):
         lm.generate(**batch, logits_processor=[proc], **gen)
 
 
+def test_cross_rad_q_rolling_back_past_the_kept_states(tokenizers, monkeypatch):
+    """With 2 kept hidden states, candidates that re-tokenize more of the prefix take the re-encoding fallback."""
+    monkeypatch.setattr(CrossRadQScorer, "window", 2)
+    test_cross_tokenizer_matches_text_reference("rad_q", "sp", "batch3_left_padded", tokenizers)
+
+
 def test_same_tokenizer_keeps_the_shared_path(tokenizers):
     """Given the reward model's own tokenizer equal to the LM's, nothing goes through text."""
     tok = tokenizers["rm"]
