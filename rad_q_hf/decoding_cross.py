@@ -240,9 +240,10 @@ class CrossRadQScorer(_CrossScorer):
     def _text_reward(self) -> torch.Tensor:
         """RAD-Q reward of the current text (N,): its last RM token given the ones before; BOS baseline if empty."""
         last = torch.tensor(self.state.last_ids(), device=self.hist.device)  # (N,), −1: no text yet
-        r_tok = self.model.score_hidden(self.hist[:, -2], last.clamp(min=0)[:, None], label=self.label)[:, 0]  # (N,)
-        r_empty = self.model._baselines(self.hist[:, -1])[:, self.label]
-        return torch.where(last >= 0, r_tok, r_empty)
+        has = last >= 0
+        h = self._hidden_before(has.long()[:, None])[:, 0]  # (N, d) before the last token; at BOS without text
+        r_tok = self.model.score_hidden(h, last.clamp(min=0)[:, None], label=self.label)[:, 0]
+        return torch.where(has, r_tok, self.model._baselines(h)[:, self.label])
 
 
 def make_cross_scorer(term: RewardTerm, bridge: TokenizerBridge, model_type: str) -> _Scorer:

@@ -134,8 +134,9 @@ def test_cross_rad_v_needs_prompt_text(tokenizers):
 
 
 def test_cross_rad_q_rolling_back_past_the_kept_states(tokenizers, monkeypatch):
-    """With 2 kept hidden states, candidates that re-tokenize more of the prefix take the re-encoding fallback."""
-    monkeypatch.setattr(CrossRadQScorer, "window", 2)
+    """With 1 kept hidden state, candidates that re-tokenize the prefix (and the text's own reward, which needs the
+    state before the last token) take the re-encoding fallback."""
+    monkeypatch.setattr(CrossRadQScorer, "window", 1)
     test_cross_tokenizer_matches_text_reference("rad_q", "sp", "batch3_left_padded", tokenizers)
 
 
