@@ -33,6 +33,7 @@ for name in ("rtp-nontoxic", "sentiment-neutral"):
         prompts += [json.loads(line)["text"] for _, line in zip(range(n_prompts // 2), f, strict=False)]
 
 n_tok = collections.Counter()
+kinds = collections.Counter()  # (RM tokens, LM piece) of candidates that are not one RM token
 chosen_n = collections.Counter()  # RM tokens the sampled LM token added
 rollback = resync = mismatch = total = steps = chosen_rollback = 0
 bridge_s = 0.0
@@ -57,6 +58,9 @@ for prompt in prompts:
             got = pre[: len(pre) - int(pieces.rollback[0, j])] + pieces.ids[0, j][pieces.mask[0, j]].tolist()
             mismatch += got != reference_rm_ids(lm_tok, rm_tok, seq + [c])
         n_tok.update(pieces.n_tokens[0].tolist())
+        for j, c in enumerate(top.indices.tolist()):  # what the multi- and zero-token candidates are
+            if int(pieces.n_tokens[0, j]) != 1:
+                kinds[(int(pieces.n_tokens[0, j]), lm_tok.convert_ids_to_tokens(c))] += 1
         rollback += int((pieces.rollback > 0).sum())
         total += K
         choice = top.indices[torch.multinomial(top.values.softmax(-1), 1)]
@@ -81,4 +85,5 @@ print(f"  differs from re-tokenizing the whole text: {mismatch} ({100 * mismatch
 print("sampled tokens: " + ", ".join(f"{n} RM tokens {100 * c / steps:.2f} %" for n, c in sorted(chosen_n.items())))
 print(f"  sampled tokens that re-tokenize the prefix's last tokens: {100 * chosen_rollback / steps:.2f} %")
 print(f"  re-syncs after advance: {resync} of {steps} steps")
+print("most common non-single candidates (RM tokens, Gemma piece):", kinds.most_common(15))
 print(f"  bridge time: {1000 * bridge_s / steps:.2f} ms per step (one row, k = {K})")

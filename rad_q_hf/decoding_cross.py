@@ -29,7 +29,7 @@ candidates that roll back.
 import torch
 
 from .decoding import RewardTerm, _Scorer
-from .tokenizer_bridge import BridgeState, CandidatePieces, TokenizerBridge, _lcp, _pad
+from .tokenizer_bridge import BridgeState, CandidatePieces, TokenizerBridge, common_prefix_len, pad_right
 
 
 def drop_last_real(mask: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
@@ -87,8 +87,8 @@ class CrossRadVScorer(_CrossScorer):
         self.rm_mask = rm_mask.repeat_interleave(cand.shape[1], 0)  # (N·k, L)
         N = len(ids)
         no_fix = (
-            torch.zeros(N, 1, dtype=torch.long),
-            torch.zeros(N, 1, dtype=torch.bool),
+            torch.zeros(N, 0, dtype=torch.long),
+            torch.zeros(N, 0, dtype=torch.bool),
             torch.zeros(N, dtype=torch.long),
         )
         return self._score(cand, *no_fix)
@@ -122,15 +122,19 @@ class CrossRadVScorer(_CrossScorer):
         return out
 
     def _corrections(self, held: list[list[int]]):
-        """What to roll back and feed so that each cache row holds the bridge's RM prefix (usually nothing)."""
+        """What to roll back and feed so that each cache row holds the bridge's RM prefix: (N, F) ids and mask,
+        (N,) rollback; F = 0 in the common case (no row re-synced or followed a token outside its candidates)."""
         new = self.state.prefix_ids()
-        # A row that only drops tokens (it followed a token outside its candidates, e.g. padding after EOS) re-feeds
-        # its last kept token too: its value is the reward of candidates that add no RM token.
-        keep = [
-            n - (0 < n == len(b) < len(a)) for a, b, n in ((a, b, _lcp(a, b)) for a, b in zip(held, new, strict=True))
-        ]
-        ids, m = _pad([b[n:] for b, n in zip(new, keep, strict=True)])
+        keep = [common_prefix_len(a, b) for a, b in zip(held, new, strict=True)]
+        for n, (a, b) in enumerate(zip(held, new, strict=True)):
+            if 0 < keep[n] == len(b) < len(a):
+                # Only drops tokens (it followed a token outside its candidates, e.g. padding after EOS): re-feed the
+                # last kept token too, whose value is the reward of candidates that add no RM token.
+                keep[n] -= 1
         back = torch.tensor([len(a) - n for a, n in zip(held, keep, strict=True)], dtype=torch.long)
+        ids, m = pad_right([b[n:] for b, n in zip(new, keep, strict=True)])
+        if not any(len(b) > n for b, n in zip(new, keep, strict=True)):
+            ids, m = ids[:, :0], m[:, :0]  # nothing to feed: no dead column in the cache
         return ids, m, back
 
     def _score(self, cand, fix_ids, fix_mask, fix_back):

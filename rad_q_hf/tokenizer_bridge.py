@@ -49,7 +49,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["CandidatePieces", "PrefixUpdate", "TokenizerBridge", "BridgeState", "reference_rm_ids", "token_bytes"]
+__all__ = [
+    "BridgeState",
+    "CandidatePieces",
+    "PrefixUpdate",
+    "TokenizerBridge",
+    "common_prefix_len",
+    "incomplete_utf8_tail",
+    "pad_right",
+    "reference_rm_ids",
+    "token_bytes",
+]
 
 # Texts every supported tokenizer must decode token by token exactly as its own `decode` does (checked once).
 _PROBES = ["Hello world, it's fine.", "  two  spaces\tand\nnewline", "naïve café – 東京 🙂!", "x"]
@@ -213,7 +223,7 @@ class PrefixUpdate:
     resynced: torch.Tensor
 
 
-def _pad(rows: list[list[int]], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_right(rows: list[list[int]], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad lists of ids: (len(rows), S) ids and bool mask, S ≥ 1 (an all-empty batch still has one column)."""
     S = max([width or 1] + [len(r) for r in rows])
     ids = torch.tensor([list(r) + [0] * (S - len(r)) for r in rows], dtype=torch.long).view(len(rows), S)
@@ -221,7 +231,8 @@ def _pad(rows: list[list[int]], width: int | None = None) -> tuple[torch.Tensor,
     return ids, mask
 
 
-def _lcp(a: list[int], b: list[int]) -> int:
+def common_prefix_len(a, b) -> int:
+    """Length of the longest common prefix of two id sequences."""
     n = min(len(a), len(b))
     for i in range(n):
         if a[i] != b[i]:
@@ -394,9 +405,9 @@ class BridgeState:
         """The RM prefixes padded into (N, L) ids (pad 0) and a long mask."""
         rows = self.prefix_ids()
         if padding_side == "left":
-            ids, mask = _pad([r[::-1] for r in rows])
+            ids, mask = pad_right([r[::-1] for r in rows])
             return ids.flip(-1), mask.flip(-1).long()
-        ids, mask = _pad(rows)
+        ids, mask = pad_right(rows)
         return ids, mask.long()
 
     def candidates(self, cand: torch.Tensor) -> CandidatePieces:
@@ -410,10 +421,10 @@ class BridgeState:
         for n, (ext, ids) in enumerate(zip(exts, new_tails, strict=True)):
             row, c = self.rows[n // k], flat[n // k][n % k]
             self._last[(n // k, c)] = (ext, ids)
-            keep = _lcp(row.tail_ids, ids)
+            keep = common_prefix_len(row.tail_ids, ids)
             pieces.append(list(ids[keep:]))
             rollback.append(len(row.tail_ids) - keep)
-        ids, mask = _pad(pieces)
+        ids, mask = pad_right(pieces)
         return CandidatePieces(ids.view(N, k, -1), mask.view(N, k, -1), torch.tensor(rollback).view(N, k))
 
     def _encode_tails(self, tails: list[str], row_of: list[int]) -> list[tuple[int, ...]]:
@@ -459,8 +470,8 @@ class BridgeState:
 
     def _update(self, old: list[list[int]], resynced: list[bool]) -> PrefixUpdate:
         new = self.prefix_ids()
-        keep = [_lcp(a, b) for a, b in zip(old, new, strict=True)]
-        ids, mask = _pad([b[n:] for b, n in zip(new, keep, strict=True)])
+        keep = [common_prefix_len(a, b) for a, b in zip(old, new, strict=True)]
+        ids, mask = pad_right([b[n:] for b, n in zip(new, keep, strict=True)])
         rollback = torch.tensor([len(a) - n for a, n in zip(old, keep, strict=True)], dtype=torch.long)
         return PrefixUpdate(ids, mask, rollback, torch.tensor(resynced))
 

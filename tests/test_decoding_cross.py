@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 
 from rad_q_hf import RADQ, RewardAugmentedLogitsProcessor, RewardTerm
 from rad_q_hf.decoding_cross import CrossRadQScorer, CrossRadVScorer
-from rad_q_hf.tokenizer_bridge import _lcp, reference_rm_ids
+from rad_q_hf.tokenizer_bridge import common_prefix_len, reference_rm_ids
 
 MODES = ["batch3_left_padded", "num_return_sequences2", "beam2", "combined", "eos_early"]
 PROMPTS = ["the movie was", "you are a kind", "naïve café 東京"]
@@ -62,7 +62,7 @@ class ReferenceCross:
         if rm.config.model_type == "rad_v":
             return rm(torch.tensor([full]), use_cache=False).rewards[0, -1, label]
         bos = [rm.config.bos_token_id]
-        keep = _lcp(prefix, full)
+        keep = common_prefix_len(prefix, full)
         if len(full) > keep:  # the first RM token the candidate adds, after the prefix tokens it keeps
             return rm(torch.tensor([bos + full[:keep]]), use_cache=False).rewards[0, -1, label, full[keep]]
         if not full:  # no text yet: the head's baseline at BOS
