@@ -290,13 +290,8 @@ class TokenizerBridge:
             raise ValueError(f"`hold_tokens` must be ≥ 1, got {hold_tokens}.")
         self.lm_tokenizer, self.rm_tokenizer = lm_tokenizer, rm_tokenizer
         self.lm_bytes, self.strip_first_space = token_bytes(lm_tokenizer)
-        _, rm_adds_prefix_space = token_bytes(rm_tokenizer)  # checks that the RM tokenizer decodes token by token
-        if rm_adds_prefix_space:  # encoding a tail mid-text would insert a spurious `▁`
-            raise ValueError(
-                "The reward model's tokenizer adds a prefix space (SentencePiece dummy prefix) when encoding: "
-                "cross-tokenizer decoding does not support it as the reward model's tokenizer."
-            )
         self.hold_tokens, self.resync_every = hold_tokens, resync_every
+        self._check_rm_encodes_pieces()
         backend = rm_tokenizer.backend_tokenizer
         # Pre-token offsets are usable when the RM splits words before its merges and has no normalizer (offsets of a
         # normalized text would not be offsets into ours). Gemma-style tokenizers merge across words: no pre-tokens.
@@ -305,6 +300,18 @@ class TokenizerBridge:
             and backend.pre_tokenizer is not None
             and len(backend.pre_tokenizer.pre_tokenize_str("hello world")) > 1
         )
+
+    def _check_rm_encodes_pieces(self) -> None:
+        """Tails are encoded mid-text: the RM tokenizer must not add text of its own (a SentencePiece dummy `▁`, a
+        byte-level `add_prefix_space`), or every tail would get a spurious space."""
+        table = self.rm_token_bytes  # also checks that the RM tokenizer decodes token by token
+        for probe in ("a", "hello world"):
+            got = b"".join(table[i] for i in self.encode([probe])[0])
+            if got != probe.encode():
+                raise ValueError(
+                    f"The reward model's tokenizer encodes {probe!r} as {got!r} (it adds a prefix space): "
+                    "cross-tokenizer decoding does not support it as the reward model's tokenizer."
+                )
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """RM ids of several texts in one batched call, without special tokens."""

@@ -235,9 +235,14 @@ def test_reorder_follows_beams(toks):
     assert state.texts() == ["the movie was"] * 2
 
 
-def test_rm_tokenizer_with_a_dummy_prefix_is_rejected(toks):
+def test_rm_tokenizer_that_adds_a_prefix_space_is_rejected(toks):
     with pytest.raises(ValueError, match="prefix space"):
-        TokenizerBridge(toks["bpe_a"], toks["sp_prefix"])
+        TokenizerBridge(toks["bpe_a"], toks["sp_prefix"])  # SentencePiece dummy prefix
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(pre_tokenizers.ByteLevel.alphabet())}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)  # RoBERTa-style
+    tok.decoder = decoders.ByteLevel()
+    with pytest.raises(ValueError, match="prefix space"):
+        TokenizerBridge(toks["bpe_a"], PreTrainedTokenizerFast(tokenizer_object=tok))
 
 
 def test_unsupported_decoder_is_rejected():
