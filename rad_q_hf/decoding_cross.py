@@ -16,9 +16,12 @@ common width). After the LM samples, the chosen candidate's row is kept (as in t
 whose RM prefix was re-synced, or that followed a token outside its candidates, gets the correction fed in front of
 the next step's pieces (same forward). A candidate adding no RM token gets the reward of the current text.
 
-**RAD-Q.** Defined as the RAD-Q reward of the candidate's **first** RM token after the RM prefix it keeps:
-`r(x, v) = r_RADQ(RM prefix without its last rollback tokens, first piece)`. A multi-token candidate is thus judged
-by how it starts (its later tokens would each need the hidden state of the one before: another RM call). A candidate
+**RAD-Q.** Defined as the RAD-Q reward of the candidate's **first own** RM token: usually the first piece, scored
+after the RM prefix the candidate keeps: `r(x, v) = r_RADQ(RM prefix without its last rollback tokens, first piece)`.
+When the leading pieces only re-tokenize the dropped prefix text (exactly its bytes: a prefix ending in `ĊĊ` that
+"The" turns into `Ċ Ċ The`), they are skipped: the next piece is scored after the whole current prefix, which reads the
+same text (otherwise every word after a paragraph break would be scored as `Ċ` alike). A multi-token candidate is thus
+judged by how it starts (its later tokens would each need the hidden state of the one before: another RM call). A candidate
 that adds no RM token (half a UTF-8 character, a special token) leaves the text unchanged, and gets the reward of
 the current text: the RAD-Q reward of the RM prefix's last token given the tokens before it (for an empty text, the
 head's baseline at BOS). One cached RM forward per generated token feeds the RM tokens the chosen token added (none,
@@ -236,7 +239,11 @@ class CrossRadQScorer(_CrossScorer):
     def _score(self, cand):
         device = self.model.device
         pieces = self.state.candidates(cand)  # (N, k, S)
-        back, first = pieces.rollback.to(device), pieces.ids[..., 0].to(device)  # (N, k)
+        # The candidate's first own token: after the pieces that only re-tokenize the dropped prefix text, on the
+        # whole prefix (same text, already encoded); else the first piece, on the prefix it keeps.
+        reread = pieces.reread.to(device)  # (N, k)
+        back = torch.where(reread > 0, 0, pieces.rollback.to(device))
+        first = pieces.ids.to(device).gather(-1, reread[..., None])[..., 0]  # (N, k)
         h = self._hidden_before(back)  # (N, k, d)
         r_first = self.model.score_hidden(h, first[..., None], label=self.label)[..., 0]  # (N, k)
         return torch.where(pieces.n_tokens.to(device) > 0, r_first, self._text_reward()[:, None])

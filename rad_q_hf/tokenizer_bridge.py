@@ -31,7 +31,7 @@ Example:
 ...     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
 ...     tok.decoder = decoders.ByteLevel()
 ...     return PreTrainedTokenizerFast(tokenizer_object=tok)
->>> chars = {c: i for i, c in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+>>> chars = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
 >>> lm = byte_level(chars | {"ab": 256}, [("a", "b")])
 >>> rm = byte_level(chars | {"bc": 256}, [("b", "c")])
 >>> state = TokenizerBridge(lm, rm).start(torch.tensor([lm.encode("ab")]))
@@ -198,11 +198,15 @@ class CandidatePieces:
     """For each row and candidate: drop the last `rollback` RM prefix tokens, then append `ids[mask]`.
 
     ids: (N, k, S) RM token ids, right-padded with 0; mask: (N, k, S) bool; rollback: (N, k) long.
+    reread: (N, k) long, how many leading pieces only re-tokenize the rolled-back prefix text (exactly its bytes,
+    e.g. a prefix ending in `ĊĊ` that the candidate "The" turns into `Ċ Ċ The`: rollback 1, reread 2); 0 otherwise,
+    in particular when the first piece straddles the old text and the candidate's ("hel" + "lo" → `hello`).
     """
 
     ids: torch.Tensor
     mask: torch.Tensor
     rollback: torch.Tensor
+    reread: torch.Tensor
 
     @property
     def n_tokens(self) -> torch.Tensor:  # (N, k)
@@ -424,15 +428,27 @@ class BridgeState:
         exts = [self.bridge.extend(self.rows[i], [c]) for i in range(N) for c in flat[i]]
         new_tails = self._encode_tails([e.tail for e in exts], [i for i in range(N) for _ in range(k)])
         self._last = {}
-        pieces, rollback = [], []
+        pieces, rollback, reread = [], [], []
         for n, (ext, ids) in enumerate(zip(exts, new_tails, strict=True)):
             row, c = self.rows[n // k], flat[n // k][n % k]
             self._last[(n // k, c)] = (ext, ids)
             keep = common_prefix_len(row.tail_ids, ids)
             pieces.append(list(ids[keep:]))
             rollback.append(len(row.tail_ids) - keep)
+            reread.append(self._reread(row.tail_ids[keep:], pieces[-1]) if rollback[-1] else 0)
         ids, mask = pad_right(pieces)
-        return CandidatePieces(ids.view(N, k, -1), mask.view(N, k, -1), torch.tensor(rollback).view(N, k))
+        as_nk = [torch.tensor(x, dtype=torch.long).view(N, k) for x in (rollback, reread)]
+        return CandidatePieces(ids.view(N, k, -1), mask.view(N, k, -1), *as_nk)
+
+    def _reread(self, dropped: tuple[int, ...], pieces: list[int]) -> int:
+        """Number of leading `pieces` that cover exactly the bytes of the `dropped` prefix tokens (0: none do)."""
+        table = self.bridge.rm_token_bytes
+        target, covered = sum(len(table[t]) for t in dropped), 0
+        for s, t in enumerate(pieces[:-1], start=1):  # at least one piece must be left: the candidate's own
+            covered += len(table[t])
+            if covered >= target:
+                return s if covered == target else 0
+        return 0
 
     def _encode_tails(self, tails: list[str], row_of: list[int]) -> list[tuple[int, ...]]:
         """encode(tail) for each text (one batched call over the distinct ones), reusing a row's own tail ids when

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 
 from rad_q_hf import RADQ, RewardAugmentedLogitsProcessor, RewardTerm
 from rad_q_hf.decoding_cross import CrossRadQScorer, CrossRadVScorer
-from rad_q_hf.tokenizer_bridge import common_prefix_len, reference_rm_ids
+from rad_q_hf.tokenizer_bridge import common_prefix_len, reference_rm_ids, token_bytes
 
 MODES = ["batch3_left_padded", "num_return_sequences2", "beam2", "combined", "eos_early"]
 PROMPTS = ["the movie was", "you are a kind", "naïve café 東京"]
@@ -63,6 +63,12 @@ class ReferenceCross:
             return rm(torch.tensor([full]), use_cache=False).rewards[0, -1, label]
         bos = [rm.config.bos_token_id]
         keep = common_prefix_len(prefix, full)
+        table, _ = token_bytes(rm_tok)
+        dropped = sum(len(table[t]) for t in prefix[keep:])
+        ends = [sum(len(table[t]) for t in full[keep : keep + s]) for s in range(1, len(full) - keep)]
+        if dropped and dropped in ends:  # pieces that re-read the dropped text exactly: the next one, on the prefix
+            own = full[keep + ends.index(dropped) + 1]
+            return rm(torch.tensor([bos + prefix]), use_cache=False).rewards[0, -1, label, own]
         if len(full) > keep:  # the first RM token the candidate adds, after the prefix tokens it keeps
             return rm(torch.tensor([bos + full[:keep]]), use_cache=False).rewards[0, -1, label, full[keep]]
         if not full:  # no text yet: the head's baseline at BOS
@@ -213,3 +219,26 @@ def test_cross_tokenizer_on_device(method, mode, device, tokenizers):
     for step, (ids, raw, processed) in enumerate(recorder.calls):
         expected = reference(ids.cpu(), raw.cpu())
         torch.testing.assert_close(processed.cpu(), expected, rtol=1e-4, atol=1e-4, msg=f"step {step}")
+
+
+def test_cross_rad_q_after_a_paragraph_break_scores_the_words():
+    """After "\\n\\n" (one RM token) every word candidate re-tokenizes it as Ċ, Ċ + word. RAD-Q scores the word on
+    the whole prefix, so the candidates get different rewards (scoring their first piece `Ċ` made them all equal)."""
+    from test_tokenizer_bridge import tiny_bpe
+
+    lm_tok, rm_tok = tiny_bpe({}, []), tiny_bpe({"ĊĊ": 0}, [("Ċ", "Ċ")])
+    rm = spread(build_reward_model("rad_q", "gpt2", len(rm_tok), seed=1))
+    term = RewardTerm(rm, 3.0, 0, "maximize", rm_tok)
+    ids = torch.tensor([lm_tok.encode("no\n\n")])
+    proc = RewardAugmentedLogitsProcessor.combine([term], top_k=5, tokenizer=lm_tok)
+    scores = torch.zeros(1, len(lm_tok))
+    scores[0, [lm_tok.convert_tokens_to_ids(c) for c in "Thexy"]] = 1.0  # the top-5: five letters
+    out = proc(ids, scores)
+    torch.testing.assert_close(out, ReferenceCross([term], 5, lm_tok, torch.ones_like(ids))(ids, scores))
+    cand = scores.topk(5).indices
+    raw = (
+        RewardAugmentedLogitsProcessor.combine([term], top_k=5, tokenizer=lm_tok)
+        .scorers[0]
+        .prefill(ids, torch.ones_like(ids), cand)
+    )  # (1, 5) before the clamp to [0, 1]
+    assert raw.unique().numel() == 5

@@ -186,7 +186,7 @@ def test_leading_space_marker_becomes_the_rm_space(toks):
 
 def tiny_bpe(vocab_extra: dict[str, int], merges: list[tuple[str, str]], regex: bool = True):
     """Byte-level BPE with explicit merges; without `regex` nothing splits the text before the merges (like Gemma)."""
-    alphabet = {c: i + 3 for i, c in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    alphabet = {c: i + 3 for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}  # its order varies
     vocab = (
         {"<bos>": 0, "<eos>": 1, "<pad>": 2} | alphabet | {t: len(alphabet) + 3 + i for i, t in enumerate(vocab_extra)}
     )
@@ -287,3 +287,18 @@ def test_real_pair_gemma_to_smollm2_matches_full_retokenization(real_pair):
             ids = ids + [int(chosen)]
             assert state.prefix_ids()[0] == reference_rm_ids(gemma, smol, ids)
     assert checked == len(texts) * 6 * 16
+
+
+def test_reread_counts_pieces_that_only_retokenize_the_dropped_text():
+    """RM merges "\\n\\n" into one token, but "\\n\\nThe" splits as Ċ, Ċ, The (the regex keeps the last whitespace
+    apart): the candidate drops `ĊĊ` and re-reads it as two pieces before its own. "b" after "a" straddles instead."""
+    lm = tiny_bpe({}, [])
+    rm = tiny_bpe({"ĊĊ": 0, "ab": 1}, [("Ċ", "Ċ"), ("a", "b")])
+    state = TokenizerBridge(lm, rm).start(torch.tensor([lm.encode("no\n\n")]))
+    assert rm.convert_ids_to_tokens(state.prefix_ids()[0]) == ["n", "o", "ĊĊ"]
+    pieces = state.candidates(torch.tensor([lm.encode("T") + lm.encode("\n")]))
+    assert pieces.rollback.tolist() == [[1, 0]] and pieces.reread.tolist() == [[2, 0]]
+    assert rm.convert_ids_to_tokens(pieces.ids[0, 0][pieces.mask[0, 0]].tolist()) == ["Ċ", "Ċ", "T"]
+    state = TokenizerBridge(lm, rm).start(torch.tensor([lm.encode("a")]))
+    pieces = state.candidates(torch.tensor([lm.encode("b")]))
+    assert pieces.rollback.tolist() == [[1]] and pieces.reread.tolist() == [[0]]
