@@ -35,7 +35,7 @@ for name in ("rtp-nontoxic", "sentiment-neutral"):
 n_tok = collections.Counter()
 kinds = collections.Counter()  # (RM tokens, LM piece) of candidates that are not one RM token
 chosen_n = collections.Counter()  # RM tokens the sampled LM token added
-rollback = resync = mismatch = total = steps = chosen_rollback = 0
+rollback = reread = resync = mismatch = total = steps = chosen_rollback = 0
 bridge_s = 0.0
 for prompt in prompts:
     ids = lm_tok(prompt, return_tensors="pt").input_ids  # with Gemma's BOS (a special token: no text)
@@ -62,6 +62,7 @@ for prompt in prompts:
             if int(pieces.n_tokens[0, j]) != 1:
                 kinds[(int(pieces.n_tokens[0, j]), lm_tok.convert_ids_to_tokens(c))] += 1
         rollback += int((pieces.rollback > 0).sum())
+        reread += int((pieces.reread > 0).sum())
         total += K
         choice = top.indices[torch.multinomial(top.values.softmax(-1), 1)]
         t0 = time.perf_counter()
@@ -81,6 +82,9 @@ print(f"prompts {len(prompts)}, steps {steps}, candidates {total}")
 for n in sorted(n_tok):
     print(f"  {n} RM tokens: {n_tok[n]} ({100 * n_tok[n] / total:.2f} %)")
 print(f"  rollback > 0 (candidate re-tokenizes the prefix's last tokens): {rollback} ({100 * rollback / total:.2f} %)")
+print(
+    f"  of which the leading pieces only re-read the dropped text (RAD-Q skips them): {reread} ({100 * reread / total:.2f} %)"
+)
 print(f"  differs from re-tokenizing the whole text: {mismatch} ({100 * mismatch / total:.3f} %)")
 print("sampled tokens: " + ", ".join(f"{n} RM tokens {100 * c / steps:.2f} %" for n, c in sorted(chosen_n.items())))
 print(f"  sampled tokens that re-tokenize the prefix's last tokens: {100 * chosen_rollback / steps:.2f} %")
