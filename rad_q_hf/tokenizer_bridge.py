@@ -48,6 +48,7 @@ import json
 from dataclasses import dataclass, field
 
 import torch
+from tokenizers import Tokenizer
 
 __all__ = [
     "BridgeState",
@@ -295,6 +296,9 @@ class TokenizerBridge:
         self.lm_tokenizer, self.rm_tokenizer = lm_tokenizer, rm_tokenizer
         self.lm_bytes, self.strip_first_space = token_bytes(lm_tokenizer)
         self.hold_tokens, self.resync_every = hold_tokens, resync_every
+        self._backend = Tokenizer.from_str(rm_tokenizer.backend_tokenizer.to_str())
+        self._backend.no_padding()
+        self._backend.no_truncation()
         self._check_rm_encodes_pieces()
         backend = rm_tokenizer.backend_tokenizer
         # Pre-token offsets are usable when the RM splits words before its merges and has no normalizer (offsets of a
@@ -321,8 +325,10 @@ class TokenizerBridge:
         """RM ids of several texts in one batched call, without special tokens."""
         if not texts:
             return []
-        # The backend's own batch call: the same ids as `rm_tokenizer(texts, add_special_tokens=False)`, less overhead.
-        return [e.ids for e in self.rm_tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
+        # Our own copy of the backend, without padding or truncation: the same ids as `rm_tokenizer(texts,
+        # add_special_tokens=False)`, less overhead, and immune to the padding / truncation state that a call like
+        # `rm_tokenizer(texts, padding=True)` leaves on the shared backend.
+        return [e.ids for e in self._backend.encode_batch(texts, add_special_tokens=False)]
 
     def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> "BridgeState":
         """State for rows of LM ids (N, P); `attention_mask` (N, P) marks the real tokens (padding on any side)."""

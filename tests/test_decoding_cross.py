@@ -242,3 +242,29 @@ def test_cross_rad_q_after_a_paragraph_break_scores_the_words():
         .prefill(ids, torch.ones_like(ids), cand)
     )  # (1, 5) before the clamp to [0, 1]
     assert raw.unique().numel() == 5
+
+
+def test_shared_and_cross_terms_combined(tokenizers):
+    """One reward model shares the LM's tokenizer (scored on the LM ids), the other reads another one (through text)."""
+    from test_decoding import ReferenceRAD
+
+    lm_tok = tokenizers["rm"]  # the LM uses the first reward model's tokenizer
+    other_tok = tokenizers["bpe"]
+    torch.manual_seed(123)
+    lm = AutoModelForCausalLM.from_config(gpt2_config(len(lm_tok))).eval()
+    shared = RewardTerm(spread(build_reward_model("rad_q", "gpt2", len(lm_tok), seed=1)), 3.0, 0, "maximize", lm_tok)
+    cross = RewardTerm(
+        spread(build_reward_model("rad_v", "gpt2", len(other_tok), seed=2)), 2.0, 0, "minimize", other_tok
+    )
+    lm_tok.padding_side = "left"
+    batch = lm_tok(PROMPTS, return_tensors="pt", padding=True)
+    mask = batch["attention_mask"]
+    proc = RewardAugmentedLogitsProcessor.combine([shared, cross], top_k=5, attention_mask=mask, tokenizer=lm_tok)
+    assert [type(s).__name__ for s in proc.scorers] == ["_RadQScorer", "CrossRadVScorer"]
+    recorder = Recorder(proc)
+    torch.manual_seed(0)
+    lm.generate(**batch, logits_processor=[recorder], do_sample=True, top_k=0, max_new_tokens=5, pad_token_id=2)
+    for ids, raw, processed in recorder.calls:
+        by_ids = ReferenceRAD([shared], 5, None, mask)(ids, raw)
+        through_text = ReferenceCross([cross], 5, lm_tok, mask)(ids, raw) - raw
+        torch.testing.assert_close(processed, by_ids + through_text, rtol=1e-4, atol=1e-4)

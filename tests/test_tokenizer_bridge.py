@@ -226,6 +226,16 @@ def test_a_wider_window_catches_the_merge_at_the_candidate():
     assert pieces.rollback.tolist() == [[2]] and pieces.ids[0, 0][pieces.mask[0, 0]].tolist() == rm.encode("abc")
 
 
+def test_padding_or_truncation_left_on_the_rm_tokenizer_does_not_leak(toks):
+    """`tokenizer(texts, padding=True)` leaves padding switched on in the shared Rust backend; the bridge's batched
+    encodes used that backend and got padded ids (a later test's rewards were off by a whole β)."""
+    lm, rm = toks["bpe_a"], toks["bpe_b"]
+    bridge = TokenizerBridge(lm, rm)
+    rm(["the", "the movie was great"], padding=True)
+    rm(["the movie was great"], truncation=True, max_length=2)
+    assert bridge.encode(["the", "the movie was great"]) == [rm.encode("the"), rm.encode("the movie was great")]
+
+
 def test_reorder_follows_beams(toks):
     lm, rm = toks["bpe_a"], toks["bpe_b"]
     ids = torch.tensor([lm.encode("the food"), lm.encode("the movie")])
