@@ -62,7 +62,9 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
         attention_mask: the prompt's attention mask exactly as given to `generate` (needed for left padding;
             `generate(custom_generate=rad_q_hf.reward_augmented_generate, ...)` passes generate's own instead).
         tokenizer: the LM's tokenizer, checked against the reward model's vocabulary (and its saved tokenizer,
-            when the reward model folder has one); it also allows embedding matrices padded to other sizes.
+            when the reward model folder has one); it also allows embedding matrices padded to other sizes. When
+            that saved tokenizer has another vocabulary, the reward model is scored through text instead
+            (`decoding_cross.py`, docs/cross_tokenizer.md; needs `top_k`).
 
     Example:
 
