@@ -102,18 +102,15 @@ class CrossRadVScorer(_CrossScorer):
         src = beam_idx.to(device) if beam_idx is not None else torch.arange(N, device=device)  # (N,)
         chosen = (self.cand[src] == new_tok.to(device)).int().argmax(-1)  # (N,), 0 for a token outside
         rows = src * k_prev + chosen  # (N,) the cache rows that continue
-        self.cache.batch_select_indices(rows)
-        self.rm_mask = self.rm_mask[rows]
+        keep = rows.repeat_interleave(cand.shape[1])  # (N·k,) each one k times for the new candidates
+        self.cache.batch_select_indices(keep)  # one gather
+        self.rm_mask = self.rm_mask[keep]
+        self.prefix_reward = self.last_reward[rows]  # value of what each kept row holds
         held = self._row_contents(src.tolist(), chosen.tolist())  # RM ids each kept cache row holds
         if beam_idx is not None:
             self.state.reorder(beam_idx)
-        reward_of_held = self.last_reward[rows]
         self.state.advance(new_tok[:, 0])
-        fix_ids, fix_mask, fix_back = self._corrections(held)
-        self.prefix_reward = reward_of_held
-        self.cache.batch_repeat_interleave(cand.shape[1])
-        self.rm_mask = self.rm_mask.repeat_interleave(cand.shape[1], 0)
-        return self._score(cand, fix_ids, fix_mask, fix_back)
+        return self._score(cand, *self._corrections(held))
 
     def _row_contents(self, src: list[int], chosen: list[int]) -> list[list[int]]:
         """RM ids of the kept cache rows: the old prefix with the chosen candidate's pieces applied."""
