@@ -31,7 +31,7 @@ candidates that roll back.
 
 import torch
 
-from .decoding import RewardTerm, _Scorer
+from .decoding import RewardTerm, _eval_mode, _Scorer
 from .tokenizer_bridge import BridgeState, CandidatePieces, TokenizerBridge, common_prefix_len, pad_right
 
 
@@ -63,6 +63,14 @@ class _CrossScorer(_Scorer):
         self.state: BridgeState | None = None
         self.rm_mask: torch.Tensor | None = None  # (R, L) long over the cache's columns
 
+    def prefill(self, ids, mask, cand):
+        with _eval_mode(self.model):  # dropout off while scoring; the model's own mode is given back
+            return self._prefill(ids, mask, cand)
+
+    def step(self, new_tok, mask, beam_idx, cand):
+        with _eval_mode(self.model):
+            return self._step(new_tok, mask, beam_idx, cand)
+
     def _start(self, ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
         self.state = self.bridge.start(ids, mask)
         rm_ids, rm_mask = self.state.prefix_batch("left")  # (N, L)
@@ -79,7 +87,7 @@ class CrossRadVScorer(_CrossScorer):
         self.pieces: CandidatePieces | None = None
         self.prefix_reward = None  # (N,) value of the current RM prefix (zero-token candidates)
 
-    def prefill(self, ids, mask, cand):
+    def _prefill(self, ids, mask, cand):
         rm_ids, rm_mask = self._start(ids, mask)
         if not bool(rm_mask.any(-1).all()):
             raise ValueError("Cross-tokenizer RAD-V needs some prompt text in every row (an RM prefix to score).")
@@ -96,7 +104,7 @@ class CrossRadVScorer(_CrossScorer):
         )
         return self._score(cand, *no_fix)
 
-    def step(self, new_tok, mask, beam_idx, cand):
+    def _step(self, new_tok, mask, beam_idx, cand):
         device = self.model.device
         N, k_prev = self.cand.shape
         src = beam_idx.to(device) if beam_idx is not None else torch.arange(N, device=device)  # (N,)
@@ -179,7 +187,7 @@ class CrossRadQScorer(_CrossScorer):
         self.hist = None  # (N, W, d) hidden states after the last W RM positions, right-aligned
         self.hist_ok = None  # (N, W) bool
 
-    def prefill(self, ids, mask, cand):
+    def _prefill(self, ids, mask, cand):
         rm_ids, rm_mask = self._start(ids, mask)
         self._check_length(rm_ids.shape[1] + 1)
         bos = torch.full_like(rm_ids[:, :1], self.model.config.bos_token_id)
@@ -192,7 +200,7 @@ class CrossRadQScorer(_CrossScorer):
         self._push(hidden, rm_mask.bool(), torch.zeros(N, dtype=torch.long))
         return self._score(cand)
 
-    def step(self, new_tok, mask, beam_idx, cand):
+    def _step(self, new_tok, mask, beam_idx, cand):
         device = self.model.device
         if beam_idx is not None:
             idx = beam_idx.to(device)

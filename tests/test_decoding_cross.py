@@ -268,3 +268,23 @@ def test_shared_and_cross_terms_combined(tokenizers):
         by_ids = ReferenceRAD([shared], 5, None, mask)(ids, raw)
         through_text = ReferenceCross([cross], 5, lm_tok, mask)(ids, raw) - raw
         torch.testing.assert_close(processed, by_ids + through_text, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["rad_v", "rad_q"])
+def test_reward_model_left_in_train_mode_is_scored_in_eval_mode(method, tokenizers):
+    """Dropout off while scoring (rewards must not depend on the RNG); the model's own mode is given back."""
+    lm, lm_tok, terms, batch, gen = setup_case(method, "sp", "batch3_left_padded", tokenizers)
+    rm = terms[0].reward_model
+    for m in rm.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.5
+    outs = []
+    for train in (False, True):
+        rm.train(train)
+        proc = RewardAugmentedLogitsProcessor.combine(terms, 5, None, batch["attention_mask"], lm_tok)
+        recorder = Recorder(proc)
+        torch.manual_seed(0)
+        lm.generate(**batch, logits_processor=[recorder], **gen)
+        assert rm.training == train
+        outs.append(torch.cat([processed for _, _, processed in recorder.calls]))
+    torch.testing.assert_close(outs[0], outs[1])
