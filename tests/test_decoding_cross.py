@@ -197,6 +197,13 @@ def test_gemma3_steered_by_the_shipped_smollm2_reward_models():
     )
     for ids, raw, processed in recorder.calls:
         torch.testing.assert_close(processed, reference(ids, raw), rtol=1e-4, atol=1e-4)
+    # The mask-free route (here with the RAD-V model, by path) reads the LM's saved tokenizer (the vocabulary sizes
+    # differ) and takes the same path.
+    import rad_q_hf
+
+    out = lm.generate(**batch, custom_generate=rad_q_hf.reward_augmented_generate, reward_model=path, top_k=5,
+                      direction="minimize", do_sample=True, max_new_tokens=2, min_new_tokens=2)  # fmt: skip
+    assert out.shape == (2, batch["input_ids"].shape[1] + 2)
 
 
 @pytest.mark.parametrize("mode", ["batch3_left_padded", "beam2", "eos_early"])
