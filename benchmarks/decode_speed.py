@@ -2,6 +2,7 @@
 
     python benchmarks/decode_speed.py                      # embedded SmolLM2-135M as LM, its first 6 layers as RM
     python benchmarks/decode_speed.py --device cuda --batch_sizes 1 8 32 --naive_batch_sizes 1 8 32
+    python benchmarks/decode_speed.py --lm gemma3-270m --name cross   # another tokenizer: scored through text
     python benchmarks/decode_speed.py --device cuda --dtype bfloat16 --lm benchmarks/configs/llama-3.1-8b.json \
         --reward_backbone benchmarks/configs/smollm2-135m.json --reward_layers 30   # random weights, real shapes
 
@@ -144,13 +145,17 @@ def random_prompts(vocab_size, batch, length, device, pad_id):
 
 def time_generate(lm, ids, mask, args, processor_factory, eos_id):
     if args.warmup:  # first calls of new shapes pay for cuBLAS/kernel selection: not part of decoding cost
-        run_generate(lm, ids, mask, args, processor_factory, eos_id, min(4, args.new_tokens))
+        run_generate(
+            lm, ids, mask, args, [processor_factory()] if processor_factory else [], eos_id, min(4, args.new_tokens)
+        )
     times, mems = [], []
     for _ in range(args.repeats):
+        # Built outside the timed region: a one-off set-up (the cross-tokenizer path reads both vocabularies).
+        processors = [processor_factory()] if processor_factory else []
         with PeakMemory(args.device) as mem:
             sync(args.device)
             t0 = time.perf_counter()
-            out = run_generate(lm, ids, mask, args, processor_factory, eos_id, args.new_tokens)
+            out = run_generate(lm, ids, mask, args, processors, eos_id, args.new_tokens)
             sync(args.device)
             times.append(time.perf_counter() - t0)
         mems.append(mem.mib)
@@ -158,8 +163,7 @@ def time_generate(lm, ids, mask, args, processor_factory, eos_id):
     return 1000 * statistics.median(times) / args.new_tokens, max(mems)
 
 
-def run_generate(lm, ids, mask, args, processor_factory, eos_id, new_tokens):
-    processors = [processor_factory()] if processor_factory else []
+def run_generate(lm, ids, mask, args, processors, eos_id, new_tokens):
     torch.manual_seed(0)
     return lm.generate(
         ids,
@@ -242,18 +246,26 @@ def main(args: BenchmarkArguments) -> list[dict]:
         ctx_ids = torch.cat([ids, ids[:, -args.new_tokens // 2 :]], 1)
         ctx_mask = torch.cat([mask, torch.ones_like(ids[:, -args.new_tokens // 2 :])], 1)
         t_lm = time_forward(lm, ctx_ids, ctx_mask, args.device)
-        t_rm_b = time_forward(rad_q.backbone, ctx_ids, ctx_mask, args.device)
+        rm_ids = ctx_ids % rad_q.config.vocab_size  # ids of another vocabulary: same length, valid rows (timing only)
+        t_rm_b = time_forward(rad_q.backbone, rm_ids, ctx_mask, args.device)
         k = args.top_k
         t_rm_bk = time_forward(
-            rad_v.backbone, ctx_ids.repeat_interleave(k, 0), ctx_mask.repeat_interleave(k, 0), args.device
+            rad_v.backbone, rm_ids.repeat_interleave(k, 0), ctx_mask.repeat_interleave(k, 0), args.device
         )
         floors = {"rad_q": 1 + t_rm_b / t_lm, "rad_v": 1 + t_rm_bk / t_lm}
+        # An LM with another vocabulary (e.g. Gemma-3 steered by SmolLM2 reward models) goes through text: the
+        # processor needs the LM's tokenizer then, and the names say so. The same-tokenizer case passes none, so
+        # its timing includes no tokenizer check.
+        cross = tokenizer is not None and lm.config.vocab_size != rad_q.config.vocab_size
+        extra = {"tokenizer": tokenizer} if cross else {}
+        suffix = "_cross" if cross else ""
         methods = {
             "unguided": None,
-            "rad_q": partial(RADQ, rad_q, beta=10.0, top_k=k, attention_mask=mask),
-            "rad_v": partial(RADV, rad_v, beta=10.0, top_k=k, attention_mask=mask),
+            "rad_q" + suffix: partial(RADQ, rad_q, beta=10.0, top_k=k, attention_mask=mask, **extra),
+            "rad_v" + suffix: partial(RADV, rad_v, beta=10.0, top_k=k, attention_mask=mask, **extra),
         }
-        if B in args.naive_batch_sizes:
+        floors = {name + suffix: floor for name, floor in floors.items()}
+        if B in args.naive_batch_sizes and not cross:
             methods["rad_v_naive"] = partial(NaiveRADV, rad_v, 10.0, k, mask)
         time_generate(lm, ids, mask, args, None, eos_id)  # warm-up
         base = None
