@@ -33,6 +33,10 @@ class RadVConfig(PretrainedConfig):
     """
 
     model_type = "rad_v"
+    # The backbone is a sub-config, so `from_pretrained(..., attn_implementation=..., dtype=...)` and
+    # `config._attn_implementation = ...` reach it (transformers sets them on every sub-config). A plain dict on
+    # purpose: 5.24's `sub_configs_defaults` would also *build* the backbone, which our `__init__` does itself.
+    sub_configs = {"backbone_config": AutoConfig}
 
     def __init__(
         self,
@@ -68,13 +72,23 @@ class RadVConfig(PretrainedConfig):
         kwargs.pop("num_labels", None)
         super().__init__(**kwargs)
 
+    # Both live in the backbone config only (one source of truth, saved once); the setters write through because
+    # transformers sets them on the top-level config, e.g. `resize_token_embeddings` sets `config.vocab_size`.
     @property
     def hidden_size(self) -> int:
         return self.backbone_config.hidden_size
 
+    @hidden_size.setter
+    def hidden_size(self, value: int) -> None:
+        self.backbone_config.hidden_size = value
+
     @property
     def vocab_size(self) -> int:
         return self.backbone_config.vocab_size
+
+    @vocab_size.setter
+    def vocab_size(self, value: int) -> None:
+        self.backbone_config.vocab_size = value
 
     def label_index(self, label: int | str) -> int:
         """Index of a reward output, given its index or its name."""

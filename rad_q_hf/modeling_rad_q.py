@@ -65,6 +65,19 @@ class RadQForRewardModeling(RadPreTrainedModel):
         model._freeze_embeddings()
         return model
 
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """As [`PreTrainedModel.resize_token_embeddings`]; an untied `E` (`output_embeddings`) is resized with the
+        input embeddings, so every token id keeps a row to be scored with."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if self.output_embeddings is not None and self.output_embeddings.num_embeddings != embeddings.num_embeddings:
+            # Not exposed as `get_output_embeddings`: E scores candidates, it is no LM head to tie or generate with.
+            resized = self._get_resized_embeddings(self.output_embeddings, embeddings.num_embeddings, None, mean_resizing)
+            resized.requires_grad_(self.output_embeddings.weight.requires_grad)
+            self.output_embeddings = resized
+        return embeddings
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         # W starts at 0, so a fresh RAD-Q model scores like a value model (its baseline bᵀh_t) and the token-specific
@@ -128,14 +141,17 @@ class RadQForRewardModeling(RadPreTrainedModel):
         query_ids: torch.LongTensor | None = None,
         labels: torch.Tensor | None = None,
         past_key_values=None,
-        **kwargs,
-    ) -> RewardModelOutput:
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> RewardModelOutput | tuple:
         r"""
         query_ids: (B, T, k) candidate next tokens to score after each prefix. Only their k rows of `E` are
             gathered, so the `(B, T, |V|)` product is never built. Omitted with `labels`: the observed next tokens.
         labels: (B, n_labels) targets of each whole text; `input_ids` must start with BOS. Position `t` scores the
             observed token `x_{t+1}` and the loss is the cumulative length-weighted MSE over those rewards.
-        attention_mask, position_ids, cache, use_cache: as in [`RadVForRewardModeling.forward`].
+        attention_mask, position_ids, cache, use_cache, output_hidden_states, output_attentions, return_dict: as in
+            [`RadVForRewardModeling.forward`] (unknown arguments raise a `TypeError`).
         """
         cache = cache if cache is not None else past_key_values
         B, T = self._batch_shape(input_ids)
@@ -151,7 +167,10 @@ class RadQForRewardModeling(RadPreTrainedModel):
                 f"`query_ids` must have shape (batch, seq_len, k) = ({B}, {T}, k), got {tuple(query_ids.shape)}."
             )
 
-        hidden, cache = self.encode(input_ids, attention_mask, position_ids, cache, use_cache)  # (B, T, d)
+        out = self._run_backbone(
+            input_ids, attention_mask, position_ids, cache, use_cache, output_hidden_states, output_attentions
+        )
+        hidden = out.last_hidden_state  # (B, T, d)
         baselines = self._baselines(hidden)  # (B, T, L), computed once for the rewards and the output
         rewards = self._token_scores(hidden, query_ids) + baselines[..., None]  # (B, T, L, k) or (B, T, L, V)
 
@@ -161,7 +180,7 @@ class RadQForRewardModeling(RadPreTrainedModel):
             mask = attention_mask[:, -T:] if attention_mask is not None else torch.ones_like(input_ids)
             # Position t scores prefix x≤t+1: it counts when both it and the queried token are real (any padding side).
             loss = cumulative_mse_loss(rewards[:, :-1, :, 0], labels, mask[:, :-1] * mask[:, 1:])
-        return RewardModelOutput(loss=loss, rewards=rewards, cache=cache, hidden_states=hidden, baselines=baselines)
+        return self._output(out, use_cache, return_dict, loss=loss, rewards=rewards, baselines=baselines)
 
 
 __all__ = ["RadQForRewardModeling"]

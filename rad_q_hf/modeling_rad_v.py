@@ -28,7 +28,10 @@ class RewardModelOutput(ModelOutput):
         rewards: RAD-V `(B, T, n_labels)`, one reward per prefix; RAD-Q `(B, T, n_labels, k)` for `k` queried tokens
             or `(B, T, n_labels, |V|)` for every vocabulary token. Raw regression values (clamp them to [0, 1]).
         cache: the backbone's KV cache, when `use_cache`.
-        hidden_states: the backbone's last hidden states `(B, T, d)`.
+        last_hidden_state: the backbone's last hidden states `(B, T, d)`, the `h_t` the heads read.
+        hidden_states: as in transformers, the backbone's per-layer hidden states (a tuple of `(B, T, d)`, the
+            embeddings first), only with `output_hidden_states=True`.
+        attentions: as in transformers, the per-layer attention weights, only with `output_attentions=True`.
         baselines: RAD-Q only, the token-independent part `b_jᵀ h_t` of every reward, `(B, T, n_labels)` (zeros
             without a baseline head); `rewards − baselines[..., None]` is the token-specific part `e_vᵀ W_j h_t`.
     """
@@ -36,7 +39,9 @@ class RewardModelOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     rewards: torch.FloatTensor | None = None
     cache: object | None = None
-    hidden_states: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     baselines: torch.FloatTensor | None = None
 
 
@@ -108,11 +113,30 @@ class RadPreTrainedModel(PreTrainedModel):
         With an `attention_mask` covering past + new tokens and no `position_ids`, positions count real tokens only
         (`cumsum(mask) − 1`), so a left-padded row scores exactly like the same row without padding.
         """
+        out = self._run_backbone(input_ids, attention_mask, position_ids, cache, use_cache)
+        return out.last_hidden_state, (output_cache(out) if use_cache is not False else None)
+
+    def _run_backbone(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        use_cache=None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+    ):
+        """`encode`'s backbone call, returning the backbone's whole output (per-layer states / attentions on request)."""
         self._batch_shape(input_ids)
         if position_ids is None and attention_mask is not None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
         kwargs = {cache_kwarg(self.backbone): cache} if cache is not None else {}
-        out = self.backbone(
+        # Only pass the output flags that were asked for: the backbone then falls back on its own config as usual.
+        if output_hidden_states is not None:
+            kwargs["output_hidden_states"] = output_hidden_states
+        if output_attentions is not None:
+            kwargs["output_attentions"] = output_attentions
+        return self.backbone(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -120,7 +144,18 @@ class RadPreTrainedModel(PreTrainedModel):
             return_dict=True,
             **kwargs,
         )
-        return out.last_hidden_state, (output_cache(out) if use_cache is not False else None)
+
+    def _output(self, out, use_cache: bool | None, return_dict: bool | None, **fields) -> RewardModelOutput | tuple:
+        """The `RewardModelOutput` of a forward whose backbone output was `out` (a tuple with `return_dict=False`)."""
+        output = RewardModelOutput(
+            cache=output_cache(out) if use_cache is not False else None,
+            last_hidden_state=out.last_hidden_state,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            **fields,
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
 
     @classmethod
     def from_backbone(
@@ -225,16 +260,24 @@ class RadVForRewardModeling(RadPreTrainedModel):
         use_cache: bool | None = None,
         labels: torch.Tensor | None = None,
         past_key_values=None,
-        **kwargs,
-    ) -> RewardModelOutput:
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> RewardModelOutput | tuple:
         r"""
         attention_mask: (B, past + T), 1 for real tokens; positions are derived from it (padding-aware).
         cache / past_key_values: a `DynamicCache` from an earlier call (both names are accepted).
         labels: (B, n_labels) targets in [0, 1] of each whole text; gives the cumulative length-weighted MSE.
+        output_hidden_states, output_attentions, return_dict: as in transformers.
+
+        There is no `**kwargs`: an argument this model does not use raises a `TypeError` instead of being dropped
+        (and the Trainer does not mistake the per-batch-mean loss for one normalised by `num_items_in_batch`).
         """
         cache = cache if cache is not None else past_key_values
-        hidden, cache = self.encode(input_ids, attention_mask, position_ids, cache, use_cache)
-        rewards = self.score_hidden(hidden)  # (B, T, L)
+        out = self._run_backbone(
+            input_ids, attention_mask, position_ids, cache, use_cache, output_hidden_states, output_attentions
+        )
+        rewards = self.score_hidden(out.last_hidden_state)  # (B, T, L)
         loss = None
         if labels is not None:
             self._check_labels(labels, input_ids.shape[0])
@@ -242,7 +285,7 @@ class RadVForRewardModeling(RadPreTrainedModel):
                 attention_mask[:, -input_ids.shape[1] :] if attention_mask is not None else torch.ones_like(input_ids)
             )
             loss = cumulative_mse_loss(rewards, labels, mask)
-        return RewardModelOutput(loss=loss, rewards=rewards, cache=cache, hidden_states=hidden)
+        return self._output(out, use_cache, return_dict, loss=loss, rewards=rewards)
 
 
 __all__ = ["RadPreTrainedModel", "RadVForRewardModeling", "RewardModelOutput", "cumulative_mse_loss"]

@@ -252,3 +252,62 @@ def test_fresh_rad_q_scores_like_its_baseline():
     out = model(ids, attention_mask=mask)
     torch.testing.assert_close(out.rewards, out.baselines[..., None].expand_as(out.rewards))
     assert out.baselines.abs().max() > 0
+
+
+# --------------------------------------------------------------------------- configs and outputs like transformers'
+
+
+@pytest.mark.parametrize("kind", ["rad_v", "rad_q"])
+def test_resize_token_embeddings_save_reload_round_trip(kind, backbone, tmp_path):
+    # `resize_token_embeddings` sets `config.vocab_size`: it raised on the read-only property, and a model whose
+    # backbone config kept the old size did not reload.
+    model = build_reward_model(kind, backbone, V)
+    model.resize_token_embeddings(V + 8, mean_resizing=False)
+    assert model.config.vocab_size == model.config.backbone_config.vocab_size == V + 8
+    assert model.get_input_embeddings().weight.shape[0] == V + 8
+    if kind == "rad_q":  # E (untied on Llama: its own copy) has a row for every new token, and stays frozen
+        assert model.token_embeddings.shape[0] == V + 8 and not model.token_embeddings.requires_grad
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    ids = torch.tensor([[5, 6, V + 3, V + 7]])  # new ids included
+    torch.testing.assert_close(loaded(ids).rewards, model(ids).rewards, rtol=0, atol=0)
+    model.config.hidden_size = 64  # the other write-through property
+    assert model.config.backbone_config.hidden_size == 64
+
+
+def test_from_pretrained_attn_implementation_and_dtype_reach_the_backbone(kind, tmp_path):
+    build_reward_model(kind, "llama", V).save_pretrained(tmp_path)
+    for attn in ("eager", "sdpa"):
+        model = AutoModel.from_pretrained(tmp_path, attn_implementation=attn)
+        assert model.config._attn_implementation == attn
+        assert model.config.backbone_config._attn_implementation == attn
+        assert model.backbone.config._attn_implementation == attn
+    model = AutoModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert model.backbone.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert model.config.backbone_config.dtype == torch.bfloat16
+
+
+def test_hidden_states_mean_what_they_mean_in_transformers(kind, backbone):
+    model = build_reward_model(kind, backbone, V)
+    model.set_attn_implementation("eager")  # attention weights exist only in eager attention
+    ids, mask = random_batch([5, 3])
+    out = model(ids, attention_mask=mask)
+    assert out.hidden_states is None and out.attentions is None  # only on request, as in transformers
+    assert out.last_hidden_state.shape == (2, 5, 32)
+    out = model(ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # the padding-aware positions the reward model uses
+    reference = model.backbone(ids, attention_mask=mask, position_ids=positions, output_hidden_states=True)
+    assert len(out.hidden_states) == model.config.backbone_config.num_hidden_layers + 1  # embeddings + each layer
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)
+    for got, expected in zip(out.hidden_states, reference.hidden_states, strict=True):
+        torch.testing.assert_close(got, expected)
+    assert len(out.attentions) == model.config.backbone_config.num_hidden_layers
+    as_tuple = model(ids, attention_mask=mask, use_cache=False, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], out.rewards)
+
+
+def test_forward_refuses_arguments_it_would_ignore(kind):
+    model = build_reward_model(kind, "gpt2", V)
+    with pytest.raises(TypeError, match="token_type_idz"):
+        model(torch.tensor([[5, 6]]), token_type_idz=torch.tensor([[0, 0]]))

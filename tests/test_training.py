@@ -83,7 +83,7 @@ def test_baseline_prior_is_the_token_specific_part(backbone):
     B, T = batch["input_ids"].shape
     extra = torch.randint(VOCAB, (B, T + 1, 1))
     _, out = prefix_rewards(model, batch["input_ids"], batch["attention_mask"], extra)
-    hidden = out.hidden_states  # (B, T + 1, d)
+    hidden = out.last_hidden_state  # (B, T + 1, d)
     d = hidden.shape[-1]
     W = model.reward_head.weight.view(2, d, d)  # (L, d, d)
     e = model.token_embeddings[extra[..., 0]]  # (B, T + 1, d)
