@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .training.distillation_trainer import teacher_candidate_values
-from .training.reward_trainer import is_rad_q, with_bos
+from .scoring import candidate_values, is_rad_q, with_bos
 
 ENERGY_LEVELS = (0.9, 0.99, 0.999)
 
@@ -47,7 +46,7 @@ def reward_matrix(
             parts = []
             for chunk in tokens.split(chunk_size):
                 cand = chunk.expand(1, T + 1, -1)  # (1, T + 1, c): every cut gets the same candidates
-                parts.append(teacher_candidate_values(model, ids, mask, cand)[0, :, :, label])  # (T + 1, c)
+                parts.append(candidate_values(model, ids, mask, cand)[0, :, :, label])  # (T + 1, c)
             rows.append(torch.cat(parts, dim=1))
     return torch.cat(rows)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from .evaluation.config import TASKS  # task -> (shipped reward model per method, label, direction)
+from .scoring import score_texts
 
 METHODS = ("rad-q", "rad-v", "none")
 
@@ -162,19 +163,6 @@ def _sample(args, lm, tokenizer, batch, reward_model) -> list[str]:
     out = lm.generate(**batch, do_sample=True, top_k=args.top_k, temperature=1.0, max_new_tokens=args.max_new_tokens,
                       logits_processor=processors, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-
-
-def score_texts(model, tokenizer, texts: list[str], label: int = 0) -> list[float]:
-    """Reward of each whole text (its last prefix), clamped to [0, 1]."""
-    import torch
-
-    from .training.reward_trainer import last_token, prefix_rewards
-
-    batch = tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True, padding_side="right")
-    batch = batch.to(next(model.parameters()).device)
-    with torch.no_grad():
-        rewards, _ = prefix_rewards(model, batch["input_ids"], batch["attention_mask"])
-    return last_token(rewards, batch["attention_mask"])[:, label].clamp(0, 1).tolist()
 
 
 def rank(argv: list[str]) -> None:

@@ -6,7 +6,8 @@ from transformers import AutoModel, AutoTokenizer
 
 import rad_q_hf
 from rad_q_hf.checkpoints import SHIPPED_DIR
-from rad_q_hf.cli import main, score_texts
+from rad_q_hf.cli import main
+from rad_q_hf.scoring import score_texts
 
 NAMES = ["rad-q-toxicity", "rad-v-toxicity", "rad-q-sentiment", "rad-v-sentiment"]
 # Written for these tests (not taken from any training corpus).

@@ -1,9 +1,12 @@
-"""Training RAD reward models: the regression trainer, RAD-V → RAD-Q distillation, LoRA helpers and configs."""
+"""Training RAD reward models: the regression trainer, RAD-V → RAD-Q distillation, LoRA helpers and configs.
+
+Rewards are read through `rad_q_hf.scoring` (prefix rewards, whole-text rewards, candidate values).
+"""
 
 from .adapters import apply_lora, has_lora, lora_config, merged_state_dict
-from .distillation_trainer import DistillationTrainer, teacher_candidate_values
+from .distillation_trainer import DistillationTrainer
 from .reward_config import DistillationConfig, RewardTrainingConfig
-from .reward_trainer import RewardRegressionTrainer, compute_reward_metrics, prefix_rewards
+from .reward_trainer import RewardRegressionTrainer, compute_reward_metrics
 
 __all__ = [
     "DistillationConfig",
@@ -15,6 +18,4 @@ __all__ = [
     "has_lora",
     "lora_config",
     "merged_state_dict",
-    "prefix_rewards",
-    "teacher_candidate_values",
 ]

@@ -3,53 +3,21 @@
 Along the text, the student's reward of the observed token x_t after BOS + x<t regresses the teacher's value of
 x≤t, with a plain unweighted MSE. Beyond the reference code, the student can also match the teacher on the base LM's
 top-k next tokens at every position (`candidate_top_k`): the teacher scores all `(T + 1)·k` candidate prefixes of
-a text in one forward, each candidate attending to its own prefix through a 4D attention mask.
+a text in one forward (`rad_q_hf.scoring.candidate_values`).
 """
 
 import torch
 from torch import nn
 
+from ..scoring import candidate_values, is_rad_q, prefix_rewards, with_bos
 from .reward_config import DistillationConfig
-from .reward_trainer import RewardRegressionTrainer, baseline_prior, is_rad_q, prefix_rewards, with_bos
+from .reward_trainer import RewardRegressionTrainer, baseline_prior
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of (pred − target)² over real positions (mask (B, T), broadcast over trailing dims)."""
     mask = mask.to(pred.dtype).reshape(*mask.shape, *[1] * (pred.dim() - mask.dim())).expand_as(pred)
     return ((pred - target).pow(2) * mask).sum() / mask.sum().clamp(min=1)
-
-
-@torch.no_grad()
-def teacher_candidate_values(
-    teacher: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, candidates: torch.Tensor
-) -> torch.Tensor:
-    """RAD-V values of `x<p ⊕ v` for every position p = 0..T and candidate v, in one forward per batch.
-
-    input_ids, attention_mask: (B, T) right-padded text; candidates: (B, T + 1, k), `candidates[:, p]` following the
-    prefix x1..x_p (p = 0: an empty prefix). Returns (B, T + 1, k, n_labels).
-    """
-    B, T = input_ids.shape
-    k = candidates.shape[-1]
-    P = T + 1
-    device = input_ids.device
-    ids = torch.cat([input_ids, candidates.reshape(B, P * k)], dim=1)  # (B, N), N = T + P·k
-    cand_pos = torch.arange(P, device=device).repeat_interleave(k)  # (P·k,) the prefix length of each candidate
-    position_ids = torch.cat([torch.arange(T, device=device), cand_pos])[None].expand(B, -1)  # (B, N)
-
-    text = torch.arange(T, device=device)
-    real = attention_mask.bool()  # (B, T)
-    text_rows = (text[None, :, None] >= text[None, None, :]) & real[:, None, :]  # (B, T, T) causal over real keys
-    cand_rows = (text[None, None, :] < cand_pos[None, :, None]) & real[:, None, :]  # (B, P·k, T) its own prefix
-    allowed = torch.zeros(B, T + P * k, T + P * k, dtype=torch.bool, device=device)
-    allowed[:, :T, :T] = text_rows
-    allowed[:, T:, :T] = cand_rows
-    allowed[:, T:, T:] = torch.eye(P * k, dtype=torch.bool, device=device)  # each candidate sees itself
-    allowed[:, :T, :T] |= torch.eye(T, dtype=torch.bool, device=device)  # pads see themselves (no empty rows)
-    dtype = next(teacher.parameters()).dtype
-    mask4d = torch.zeros(B, 1, *allowed.shape[1:], dtype=dtype, device=device)
-    mask4d.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)  # additive: works for eager and SDPA
-    out = teacher(input_ids=ids, attention_mask=mask4d, position_ids=position_ids)
-    return out.rewards[:, T:].reshape(B, P, k, -1)
 
 
 class DistillationTrainer(RewardRegressionTrainer):
@@ -123,7 +91,8 @@ class DistillationTrainer(RewardRegressionTrainer):
         if k:
             with torch.no_grad():
                 ids, full_mask = with_bos(self.teacher, input_ids, mask)
-                logits = self.base_model(input_ids=ids, attention_mask=full_mask).logits  # (B, T + 1, V)
+                positions = (full_mask.cumsum(-1) - 1).clamp(min=0)  # real tokens only: any padding side
+                logits = self.base_model(input_ids=ids, attention_mask=full_mask, position_ids=positions).logits
                 candidates = logits.topk(k, dim=-1).indices  # (B, T + 1, k)
             extra.append(candidates)
         if c > 0 and model.training:
@@ -135,7 +104,7 @@ class DistillationTrainer(RewardRegressionTrainer):
         losses = {"observed": loss}
         if k:
             full_mask = torch.cat([mask.new_ones(B, 1), mask], 1)  # position p = 0..T has a real prefix
-            cand_target = teacher_candidate_values(self.teacher, input_ids, mask, candidates)  # (B, T + 1, k, L)
+            cand_target = candidate_values(self.teacher, input_ids, mask, candidates)  # (B, T + 1, k, L)
             cand_student = out.rewards[:, :, :, 1 : 1 + k].transpose(-1, -2)  # (B, T + 1, k, L)
             losses["candidates"] = masked_mse(cand_student, cand_target, full_mask)
             loss = loss + self.args.candidate_weight * losses["candidates"]
@@ -147,4 +116,4 @@ class DistillationTrainer(RewardRegressionTrainer):
         return losses
 
 
-__all__ = ["DistillationTrainer", "masked_mse", "teacher_candidate_values"]
+__all__ = ["DistillationTrainer", "masked_mse"]

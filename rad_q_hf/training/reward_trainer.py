@@ -16,6 +16,7 @@ from transformers import EvalPrediction, Trainer
 
 from ..data import DataError, RewardDataCollator
 from ..modeling_rad_v import cumulative_mse_loss
+from ..scoring import config_of, is_rad_q, last_token, prefix_rewards
 from .adapters import (
     LORA_CONFIG_NAME,
     TRAINABLE_STATE_NAME,
@@ -29,56 +30,11 @@ from .adapters import (
 from .reward_config import RewardTrainingConfig
 
 
-def config_of(model: nn.Module):
-    """The reward model's config, also through a DDP / accelerate wrapper."""
-    return getattr(model, "module", model).config
-
-
-def is_rad_q(model: nn.Module) -> bool:
-    return getattr(config_of(model), "model_type", None) == "rad_q"
-
-
-def with_bos(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    """`BOS + x` and its mask, (B, T + 1): position p of the result holds the prefix x≤p and queries x_{p+1}."""
-    bos = config_of(model).bos_token_id
-    if bos is None:
-        raise ValueError(
-            "RAD-Q training puts BOS before each text, but the reward model's config has no bos_token_id."
-        )
-    B = input_ids.shape[0]
-    ids = torch.cat([input_ids.new_full((B, 1), bos), input_ids], dim=1)
-    mask = torch.cat([attention_mask.new_ones(B, 1), attention_mask], dim=1)
-    return ids, mask
-
-
-def prefix_rewards(model: nn.Module, input_ids, attention_mask, extra_query_ids=None):
-    """Reward of every prefix x≤t of right-padded texts, (B, T, n_labels), and the raw model output.
-
-    RAD-V: the value at each position. RAD-Q: the reward of the observed token x_t after BOS + x<t, read from
-    `BOS + x`; `extra_query_ids` (B, T + 1, k) are scored too, in `out.rewards[..., 1:]` at positions 0..T.
-    """
-    if not is_rad_q(model):
-        out = model(input_ids=input_ids, attention_mask=attention_mask)
-        return out.rewards, out  # (B, T, L)
-    T = input_ids.shape[1]
-    ids, mask = with_bos(model, input_ids, attention_mask)  # (B, T + 1)
-    observed = torch.cat([input_ids, input_ids[:, -1:]], dim=1)[..., None]  # (B, T + 1, 1); the last one is unused
-    queries = observed if extra_query_ids is None else torch.cat([observed, extra_query_ids], dim=-1)
-    out = model(input_ids=ids, attention_mask=mask, query_ids=queries)  # rewards (B, T + 1, L, 1 + k)
-    return out.rewards[:, :T, :, 0], out
-
-
 def baseline_prior(out, attention_mask: torch.Tensor, column: int = 1) -> torch.Tensor:
     """Mean over real positions of Σ_j (e_vᵀ W_j h_t)², the token-specific reward of the queried `column` tokens."""
     token_part = out.rewards[..., column] - out.baselines  # (B, T + 1, L)
     mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], 1), attention_mask], 1).to(token_part.dtype)
     return (token_part.pow(2).sum(-1) * mask).sum() / mask.sum().clamp(min=1)
-
-
-def last_token(rewards: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The reward of each whole (right-padded) text: (B, T, L) → (B, L)."""
-    last = attention_mask.long().sum(1) - 1  # (B,)
-    return rewards[torch.arange(rewards.shape[0], device=rewards.device), last]
 
 
 def compute_reward_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
@@ -260,11 +216,4 @@ class RewardRegressionTrainer(Trainer):
         model.load_state_dict(state, strict=False)
 
 
-__all__ = [
-    "RewardRegressionTrainer",
-    "baseline_prior",
-    "compute_reward_metrics",
-    "last_token",
-    "prefix_rewards",
-    "with_bos",
-]
+__all__ = ["RewardRegressionTrainer", "baseline_prior", "compute_reward_metrics"]

@@ -21,6 +21,7 @@ from .. import data as rdata
 from ..embedded import EMBEDDED_MODELS, lm_path
 from ..modeling_rad_q import RadQForRewardModeling
 from ..modeling_rad_v import RadVForRewardModeling
+from ..scoring import text_rewards
 from .adapters import lora_config
 from .distillation_trainer import DistillationTrainer
 from .reward_config import DistillationConfig, RewardTrainingConfig
@@ -188,18 +189,8 @@ def _train_and_save(trainer, training_args) -> dict[str, float]:
 @torch.no_grad()
 def per_source_metrics(model, tokenizer, ds, max_length: int = 128, batch_size: int = 32) -> dict[str, dict]:
     """Accuracy at 0.5 and MSE of label 0 at the last token, per `source` of a `text` / `labels` / `source` set."""
-    from .reward_trainer import last_token, prefix_rewards
-
     model.eval()
-    device = next(model.parameters()).device
-    preds = []
-    for start in range(0, len(ds), batch_size):
-        texts = ds["text"][start : start + batch_size]
-        batch = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length, padding=True,
-                          padding_side="right", return_tensors="pt").to(device)  # fmt: skip
-        rewards, _ = prefix_rewards(model, batch["input_ids"], batch["attention_mask"])
-        preds.append(last_token(rewards, batch["attention_mask"])[:, 0].float().cpu())
-    pred = torch.cat(preds)
+    pred = text_rewards(model, tokenizer, ds["text"], batch_size, max_length)[:, 0].float().cpu()
     label = torch.tensor([row[0] for row in ds["labels"]])
     sources = ds["source"] if "source" in ds.column_names else ["all"] * len(ds)
     out = {}
