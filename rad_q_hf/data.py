@@ -356,8 +356,12 @@ class RewardDataCollator(DataCollatorMixin):
     """Right-pads `input_ids` and stacks `labels`.
 
     Returns `input_ids` (B, T) long, `attention_mask` (B, T) long and, when rows have them, `labels`
-    (B, n_labels) float32. Training pads on
-    the right so that RAD-Q's BOS + teacher-forcing shift lines up with the mask.
+    (B, n_labels) float32. Any padding side would do (`rad_q_hf.scoring` is padding-side agnostic).
+
+    Why not transformers' `DataCollatorWithPadding`, which gives the same tensors (tested): it pads through a
+    tokenizer (`tokenizer.pad`), while the trainers build this collator from the reward model's pad id alone (data
+    are often tokenized elsewhere and no tokenizer reaches the trainer); and it would turn an empty row or a bare-number
+    label into a tensor without a word, where this one stops with a `DataError` that names the fix.
     """
 
     pad_token_id: int

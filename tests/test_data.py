@@ -168,3 +168,20 @@ def test_collator_pads_right_against_literal_tensors():
         collate([{"input_ids": [], "labels": [0.0]}])
     with pytest.raises(DataError, match="not a bare number"):
         collate([{"input_ids": [1], "labels": 0.5}])
+
+
+def test_collator_does_what_data_collator_with_padding_does(tokenizer):
+    # The same job as transformers' collator where that one applies (a tokenizer at hand, right padding); see the
+    # RewardDataCollator docstring for why the project keeps its own.
+    from transformers import DataCollatorWithPadding
+
+    rows = [{"input_ids": [5, 6, 7], "labels": [0.5, 1.0]}, {"input_ids": [8], "labels": [0.0, 0.25]}]
+    tokenizer.padding_side = "right"
+    try:
+        reference = DataCollatorWithPadding(tokenizer, return_tensors="pt")([dict(r) for r in rows])
+    finally:
+        tokenizer.padding_side = "left"
+    ours = RewardDataCollator(pad_token_id=tokenizer.pad_token_id)(rows)
+    assert ours.keys() == reference.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], reference[key], msg=key)

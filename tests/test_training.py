@@ -406,3 +406,101 @@ def test_head_learning_rate_moves_heads_at_their_own_rate(kind, lora, tmp_path):
 def test_head_learning_rate_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="head_learning_rate"):
         args(tmp_path, head_learning_rate=0.0)
+
+
+# ------------------------------------------------------------------------------- the regulariser, in train mode
+
+
+class QueryCapture:
+    """Records the `query_ids` of every forward of a model (the prior's random tokens are their last column)."""
+
+    def __init__(self, model):
+        self.queries = []
+        self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        self.queries.append(kwargs["query_ids"].detach().clone())
+
+
+def make_trainer(name: str, tmp_path, weight: float, data):
+    """A reward trainer or a distillation trainer (with LM top-k candidates) on a RAD-Q model, prior weight `weight`."""
+    student = build_reward_model("rad_q", "llama", VOCAB, seed=2).train()  # train mode: where the prior is on
+    if name == "reward":
+        return RewardRegressionTrainer(student, args(tmp_path, regularizer_weight=weight), train_dataset=data)
+    teacher = build_reward_model("rad_v", "llama", VOCAB, seed=1)
+    config = args(tmp_path, DistillationConfig, regularizer_weight=weight, candidate_top_k=3, candidate_weight=0.5)
+    return DistillationTrainer(student, teacher, config, base_model=TinyLM("llama").eval(), train_dataset=data)
+
+
+def slow_prior(model, rows, tokens) -> torch.Tensor:
+    """Mean over every text's real positions (BOS + each token) of Σ_j (e_vᵀ W_j h_t)² for its drawn token v, one
+    unpadded text at a time: `tokens[i, p]` is the token drawn after BOS + x≤p of text i (right-padded columns)."""
+    total, count = 0.0, 0
+    for i, x in enumerate(rows):
+        ids = torch.tensor([[BOS] + x])  # (1, P)
+        hidden = model(ids).last_hidden_state[0]  # (P, d)
+        d = hidden.shape[-1]
+        W = model.reward_head.weight.view(-1, d, d)  # (L, d, d)
+        e = model.token_embeddings[tokens[i, : len(x) + 1]]  # (P, d)
+        total = total + torch.einsum("pd,lde,pe->pl", e, W, hidden).pow(2).sum()
+        count += len(x) + 1
+    return total / count
+
+
+@pytest.mark.parametrize("name", ["reward", "distillation"])
+def test_regulariser_adds_its_weight_times_the_prior_of_uniform_tokens(name, tmp_path):
+    data = make_data(6, seed=13)
+    batch = RewardDataCollator(pad_token_id=2)([data[i] for i in range(len(data))])
+    losses = {}
+    for weight in (0.0, 0.5, 2.0):
+        trainer = make_trainer(name, tmp_path, weight, data)
+        capture = QueryCapture(trainer.model)
+        torch.manual_seed(0)
+        losses[weight] = trainer.compute_loss(trainer.model, batch)
+        capture.handle.remove()
+        if weight:
+            tokens = capture.queries[-1][..., -1]  # (B, T + 1) the drawn tokens
+            with torch.no_grad():
+                prior = slow_prior(trainer.model, data["input_ids"], tokens)
+            assert prior > 0
+            torch.testing.assert_close(losses[weight] - losses[0.0], weight * prior, rtol=1e-4, atol=1e-7)
+    with torch.no_grad():  # evaluation reports the loss without the prior
+        trainer.model.eval()
+        torch.testing.assert_close(trainer.compute_loss(trainer.model, batch), losses[0.0], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["reward", "distillation"])
+def test_prior_tokens_are_drawn_uniformly_over_the_vocabulary(name, tmp_path):
+    data = make_data(8, seed=14)
+    batch = RewardDataCollator(pad_token_id=2)([data[i] for i in range(len(data))])
+    trainer = make_trainer(name, tmp_path, 1.0, data)
+    capture = QueryCapture(trainer.model)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for _ in range(50):
+            trainer.compute_loss(trainer.model, batch)
+    drawn = torch.cat([q[..., -1].flatten() for q in capture.queries])  # 50 batches × (B, T + 1)
+    assert len(drawn) > 2000
+    counts = torch.bincount(drawn, minlength=VOCAB)
+    assert len(counts) == VOCAB and (counts > 0).all()  # every token, special ones included, and nothing beyond V
+    expected = len(drawn) / VOCAB
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 200, chi2  # 119 degrees of freedom: P(χ² > 200) < 1e-5 for uniform draws
+
+
+@pytest.mark.parametrize("head_learning_rate", [None, 1e-5])
+def test_weight_decay_spares_biases_and_norms(head_learning_rate, tmp_path):
+    # The Trainer's rule (no decay for biases and normalisation weights) must hold in the head-rate groups too.
+    model = build_reward_model("rad_q", "llama", VOCAB)
+    config = args(tmp_path, weight_decay=0.1, head_learning_rate=head_learning_rate)
+    trainer = RewardRegressionTrainer(model, config, train_dataset=make_data(4))
+    optimizer = trainer.create_optimizer()
+    decay = set(trainer.get_decay_parameter_names(model))
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            seen[names[id(p)]] = group["weight_decay"]
+    assert seen.keys() == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n, wd in seen.items() if wd == 0.0} == seen.keys() - decay != set()
+    assert all(seen[n] == 0.1 for n in seen.keys() & decay)
