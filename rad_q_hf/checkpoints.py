@@ -47,40 +47,32 @@ def export_delta(
     base: str = "smollm2-135m",
     earlier_stages: list[str | os.PathLike] = (),
 ) -> Path:
-    """Write the delta of a LoRA-trained checkpoint (`trainable_state.safetensors` + `lora_config.json`, as the
-    reward trainers save them) to `out_dir`, in fp16. `base` names the backbone the delta applies to.
+    """Write the delta of a LoRA-trained checkpoint (its peft adapter in `adapter/`, as the reward trainers save it)
+    to `out_dir`, in fp16. `base` names the backbone the delta applies to.
 
     A staged run (e.g. Amazon, then SST-2) merges each stage's adapters before the next adds its own; pass the earlier
-    stages' folders in order and their adapters are stacked into one LoRA of rank Σ r_i (`A = [A_1; A_2]`,
-    `B = [B_1, B_2]`, same scaling), which is exactly `W_0 + s·B_1A_1 + s·B_2A_2`. Heads come from the last stage.
+    stages' folders in order and their adapters are stacked into one LoRA of rank Σ r_i by peft's own `cat`
+    combination (`A = [s A_1; s A_2]`, `B = [B_1, B_2]`, scaling 1), which is exactly `W_0 + s B_1A_1 + s B_2A_2`.
+    Heads come from the last stage.
     """
-    from .training.adapters import LORA_CONFIG_NAME, TRAINABLE_STATE_NAME
+    from transformers import AutoConfig, AutoModel
+
+    from .training.adapters import ADAPTER_DIR, ADAPTER_WEIGHTS_NAME, load_adapter_state, stack_adapters
 
     trained_dir, out_dir = Path(trained_dir), Path(out_dir)
     stages = [Path(p) for p in earlier_stages] + [trained_dir]
     for stage in stages:
-        for name in ("config.json", TRAINABLE_STATE_NAME, LORA_CONFIG_NAME):
+        for name in ("config.json", f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS_NAME}"):
             if not (stage / name).is_file():
                 raise FileNotFoundError(
                     f"{stage / name} is missing: export a checkpoint saved by a LoRA run of the reward trainers "
                     "(a full fine-tune is shipped as an ordinary checkpoint instead)."
                 )
-    loras = [json.loads((stage / LORA_CONFIG_NAME).read_text()) for stage in stages]
-    scalings = {lora["lora_alpha"] / lora["r"] for lora in loras}
-    targets = {tuple(sorted(lora["target_modules"])) for lora in loras}
-    if len(scalings) > 1 or len(targets) > 1:
-        raise ValueError("Stages to stack must use the same LoRA target modules and scaling alpha / r.")
-    state = load_file(trained_dir / TRAINABLE_STATE_NAME)
-    for stage in stages[:-1]:
-        earlier = load_file(stage / TRAINABLE_STATE_NAME)
-        for key in state:
-            if ".lora_A." in key:
-                state[key] = torch.cat([earlier[key], state[key]], dim=0)  # (r1 + r2, in)
-            elif ".lora_B." in key:
-                state[key] = torch.cat([earlier[key], state[key]], dim=1)  # (out, r1 + r2)
-    lora = dict(loras[-1])
-    lora["r"] = sum(item["r"] for item in loras)
-    lora["lora_alpha"] = lora["r"] * scalings.pop()
+    adapters = [stage / ADAPTER_DIR for stage in stages]
+    skeleton = AutoModel.from_config(AutoConfig.from_pretrained(trained_dir))  # peft needs the modules, not weights
+    lora, state = stack_adapters(skeleton, adapters)
+    state.update({k: v for k, v in load_adapter_state(adapters[-1]).items() if ".lora_" not in k})  # the heads
+    lora["target_modules"] = sorted(lora["target_modules"])
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, out_dir / DELTA_WEIGHTS)
     meta = {"base": base, "lora": {k: lora[k] for k in _LORA_KEYS if k in lora}, "dtype": "float16"}

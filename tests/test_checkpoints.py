@@ -63,7 +63,7 @@ def test_delta_round_trip(model_cls, tiny_lm, tmp_path):
 def test_corrupt_or_missing_delta_errors(tiny_lm, tmp_path):
     with pytest.raises(FileNotFoundError, match="No shipped reward model 'nope'"):
         default_checkpoint("nope")
-    with pytest.raises(FileNotFoundError, match="trainable_state.safetensors is missing"):
+    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors is missing"):
         RadVForRewardModeling.from_backbone(str(tiny_lm), num_layers=1).save_pretrained(tmp_path / "full")
         export_delta(tmp_path / "full", tmp_path / "delta")
     delta = tmp_path / "bad"
@@ -115,7 +115,7 @@ def test_staged_lora_runs_stack_into_one_delta(tiny_lm, tmp_path):
         export_delta(tmp_path / "s2", tmp_path / "bad", base=str(tiny_lm), earlier_stages=[tmp_path / "nowhere"])
     delta = export_delta(tmp_path / "s2", tmp_path / "delta", base=str(tiny_lm), earlier_stages=[tmp_path / "s1"])
     lora = json.loads((delta / "delta.json").read_text())["lora"]
-    assert (lora["r"], lora["lora_alpha"]) == (8, 16)  # rank 4 + 4, same scaling alpha / r = 2
+    assert (lora["r"], lora["lora_alpha"]) == (8, 8)  # rank 4 + 4; peft's `cat` folds the scaling 2 into A
     loaded = AutoModel.from_pretrained(default_checkpoint(str(delta), cache_dir=tmp_path / "cache")).eval()
     ids = torch.tensor([[0, 5, 6, 7, 8]])
     with torch.no_grad():
@@ -145,3 +145,44 @@ def test_saved_tokenizer_loads_without_remote_code(tmp_path, tokenizer):
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert "custom code" not in out and "instantiate a model of type" not in out, out
+
+
+def test_peft_stacking_assembles_to_the_same_weights_as_the_old_format(tiny_lm, tmp_path):
+    """The shipped deltas were stacked by hand (`A = [A_1; A_2]`, `B = [B_1, B_2]`, alpha = r·s); peft's `cat`
+    folds s into A instead (alpha = r). With s = alpha / r = 2 both assemble to bit-identical weights, so the
+    shipped files need no rewrite."""
+    from rad_q_hf.training.adapters import load_adapter_state
+
+    data = Dataset.from_dict({"input_ids": [[5, 6, 7], [8, 9, 10, 11]] * 8, "labels": [[1.0], [0.0]] * 8})
+    stages = []
+    model = RadQForRewardModeling.from_backbone(str(tiny_lm), labels=["positive"], num_layers=2)
+    for i in range(2):
+        folder = tmp_path / f"s{i}"
+        args = RewardTrainingConfig(
+            str(folder), max_steps=2, learning_rate=1e-2, per_device_train_batch_size=4, report_to="none",
+            use_cpu=True, save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False,
+        )  # fmt: skip
+        trainer = RewardRegressionTrainer(model, args, train_dataset=data, peft_config=lora_config(r=4, alpha=8))
+        trainer.train()
+        trainer.save_model(folder)
+        stages.append(folder)
+        model = AutoModel.from_pretrained(folder)
+    new = export_delta(stages[1], tmp_path / "new", base=str(tiny_lm), earlier_stages=stages[:1])
+
+    old = tmp_path / "old"  # the former export_delta, literally
+    old.mkdir()
+    first, last = (load_adapter_state(s / "adapter") for s in stages)
+    state = {k: torch.cat([first[k], v], 0) if ".lora_A." in k else torch.cat([first[k], v], 1) if ".lora_B." in k
+             else v for k, v in last.items()}  # fmt: skip
+    save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, old / "delta.safetensors")
+    meta = json.loads((new / "delta.json").read_text())
+    meta["lora"]["lora_alpha"] = 2 * meta["lora"]["r"]
+    (old / "delta.json").write_text(json.dumps(meta))
+    (old / "config.json").write_text((new / "config.json").read_text())
+
+    assembled = [
+        load_file(f"{default_checkpoint(str(d), cache_dir=tmp_path / 'cache')}/model.safetensors") for d in (old, new)
+    ]
+    assert assembled[0].keys() == assembled[1].keys()
+    for key in assembled[0]:
+        assert torch.equal(assembled[0][key], assembled[1][key]), key

@@ -17,6 +17,7 @@ from rad_q_hf.training import (
     RewardTrainingConfig,
     lora_config,
 )
+from rad_q_hf.training.adapters import from_peft_name
 from rad_q_hf.training.reward_trainer import baseline_prior
 
 VOCAB = 120
@@ -250,6 +251,13 @@ def test_lora_checkpoint_loads_with_automodel_and_resumes(kind, backbone, tmp_pa
     )
     assert merged_changed  # the LoRA update was merged in, not dropped
 
+    # The adapter is in peft's own format: peft loads it onto the untrained model (same seed: same base weights).
+    from peft import PeftModel
+
+    adapter = PeftModel.from_pretrained(build_reward_model(kind, backbone, VOCAB), checkpoint / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(adapter(ids).rewards, model(ids).rewards, rtol=1e-5, atol=1e-6)
+
     fresh = build_reward_model(kind, backbone, VOCAB)
     resumed = RewardRegressionTrainer(
         fresh,
@@ -258,10 +266,11 @@ def test_lora_checkpoint_loads_with_automodel_and_resumes(kind, backbone, tmp_pa
         peft_config=lora_config(r=4, alpha=8),
     )
     resumed._load_from_checkpoint(str(checkpoint))
-    saved = load_file(checkpoint / "trainable_state.safetensors")
-    for n, p in fresh.named_parameters():
-        if p.requires_grad:
-            torch.testing.assert_close(p.detach(), saved[n], rtol=0, atol=0)
+    saved = load_file(checkpoint / "adapter" / "adapter_model.safetensors")  # peft's names
+    trained = {n: p for n, p in fresh.named_parameters() if p.requires_grad}
+    assert {from_peft_name(k) for k in saved} == trained.keys()
+    for key, value in saved.items():
+        torch.testing.assert_close(trained[from_peft_name(key)].detach(), value, rtol=0, atol=0)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.state.global_step == 3
 

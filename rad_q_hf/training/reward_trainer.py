@@ -5,12 +5,10 @@ token `x_t` after `BOS + x<t` (teacher forcing), so one forward scores all prefi
 no `(B, T, |V|)` tensor is ever built. Both use the cumulative length-weighted MSE of METHOD.md §2.
 """
 
-import json
 import os
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import EvalPrediction, Trainer
 
@@ -18,13 +16,14 @@ from ..data import DataError, RewardDataCollator
 from ..modeling_rad_v import cumulative_mse_loss
 from ..scoring import config_of, is_rad_q, last_token, prefix_rewards
 from .adapters import (
-    LORA_CONFIG_NAME,
-    TRAINABLE_STATE_NAME,
+    ADAPTER_DIR,
+    ADAPTER_WEIGHTS_NAME,
     apply_lora,
     has_lora,
     is_head_parameter,
-    lora_config_of,
+    load_adapter_state,
     merged_state_dict,
+    save_adapter,
     trainable_state_dict,
 )
 from .reward_config import RewardTrainingConfig
@@ -53,7 +52,8 @@ class RewardRegressionTrainer(Trainer):
     The loss is the cumulative length-weighted MSE over every prefix, summed over labels; for RAD-Q, plus the optional
     baseline prior (`args.regularizer_weight`). Evaluation logs `eval_loss`, and `eval_mse` / `eval_accuracy` of the
     first label at the last token. With `peft_config` the backbone gets LoRA adapters; checkpoints always hold merged
-    weights that load with `AutoModel.from_pretrained`, and resume from their trainable tensors.
+    weights that load with `AutoModel.from_pretrained`, and the adapter in peft's format (`adapter/`), which resumes
+    training and loads with `PeftModel.from_pretrained` on the untrained model.
 
     Example:
 
@@ -189,28 +189,27 @@ class RewardRegressionTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not has_lora(self.model):
             return super()._save(output_dir, state_dict)
-        # Merged weights under the plain names (loadable without peft) + the trainable tensors to resume from.
+        # Merged weights under the plain names (loadable without peft) + the adapter in peft's format to resume from.
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         super()._save(output_dir, state_dict=merged_state_dict(self.model))
         if self.args.should_save:
-            save_file(trainable_state_dict(self.model), os.path.join(output_dir, TRAINABLE_STATE_NAME))
-            config = lora_config_of(self.model).to_dict()
-            config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
-            with open(os.path.join(output_dir, LORA_CONFIG_NAME), "w") as f:
-                json.dump(config, f, indent=2, default=str)
+            save_adapter(self.model, os.path.join(output_dir, ADAPTER_DIR))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         model = model if model is not None else self.model
         if not has_lora(model):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, TRAINABLE_STATE_NAME)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} is missing: {resume_from_checkpoint} was not saved from a LoRA run.")
-        state = load_file(path)
+        folder = os.path.join(resume_from_checkpoint, ADAPTER_DIR)
+        if not os.path.exists(os.path.join(folder, ADAPTER_WEIGHTS_NAME)):
+            raise FileNotFoundError(
+                f"{os.path.join(folder, ADAPTER_WEIGHTS_NAME)} is missing: {resume_from_checkpoint} was not saved "
+                "from a LoRA run."
+            )
+        state = load_adapter_state(folder)
         expected = set(trainable_state_dict(model))
         if set(state) != expected:
             raise ValueError(
-                f"{path} does not match this model's trainable parameters (missing {sorted(expected - set(state))[:3]}, "
+                f"{folder} does not match this model's trainable parameters (missing {sorted(expected - set(state))[:3]}, "
                 f"unexpected {sorted(set(state) - expected)[:3]}); resume with the same LoRA and model options."
             )
         model.load_state_dict(state, strict=False)
