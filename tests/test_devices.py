@@ -182,7 +182,7 @@ def test_shipped_model_on_device(name, device):
     from transformers import AutoModel, AutoTokenizer
 
     import rad_q_hf
-    from rad_q_hf.cli import score_texts
+    from rad_q_hf.scoring import score_texts
 
     path = rad_q_hf.default_checkpoint(name)
     tokenizer = AutoTokenizer.from_pretrained(path)
