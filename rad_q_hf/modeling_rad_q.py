@@ -73,7 +73,9 @@ class RadQForRewardModeling(RadPreTrainedModel):
         embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         if self.output_embeddings is not None and self.output_embeddings.num_embeddings != embeddings.num_embeddings:
             # Not exposed as `get_output_embeddings`: E scores candidates, it is no LM head to tie or generate with.
-            resized = self._get_resized_embeddings(self.output_embeddings, embeddings.num_embeddings, None, mean_resizing)
+            resized = self._get_resized_embeddings(
+                self.output_embeddings, embeddings.num_embeddings, None, mean_resizing
+            )
             resized.requires_grad_(self.output_embeddings.weight.requires_grad)
             self.output_embeddings = resized
         return embeddings
