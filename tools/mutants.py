@@ -203,9 +203,11 @@ def main() -> int:
     killed = sum(s == "killed" for s in results.values())
     ran = sum(s != "stale" for s in results.values())
     print(f"mutation score: {killed}/{ran} killed", end="")
-    survivors = [n for n, s in results.items() if s != "killed"]
-    print(f"; not killed: {survivors}" if survivors else "")
-    return 1 if survivors else 0
+    survivors = [n for n, s in results.items() if s == "survived"]
+    stale = [n for n, s in results.items() if s == "stale"]
+    print(f"; survived: {survivors}" if survivors else "", end="")
+    print(f"; stale (snippet not in the code): {stale}" if stale else "")
+    return 1 if survivors or stale else 0
 
 
 if __name__ == "__main__":
