@@ -5,8 +5,9 @@ import shutil
 
 import pytest
 import torch
-from conftest import build_reward_model, llama_config
-from transformers import AutoModel, GPT2Config, LlamaForCausalLM
+from conftest import CORPUS, build_reward_model, llama_config
+from test_tokenizer_bridge import byte_level_bpe
+from transformers import AutoModel, AutoTokenizer, GPT2Config, LlamaForCausalLM
 
 from rad_q_hf import RadQConfig, RadQForRewardModeling
 from rad_q_hf.cli import main
@@ -21,6 +22,10 @@ def models(tmp_path_factory, tokenizer):
     tokenizer.save_pretrained(root / "lm")
     build_reward_model("rad_q", "llama", len(tokenizer), labels=("toxicity",)).save_pretrained(root / "rad-q")
     build_reward_model("rad_v", "llama", len(tokenizer), labels=("toxicity",)).save_pretrained(root / "rad-v")
+    # A reward model with a tokenizer of its own (another vocabulary): the LM's text reaches it through text.
+    other_tok = byte_level_bpe(CORPUS[:6] + ["a cross tokenizer"], 90)
+    build_reward_model("rad_q", "gpt2", len(other_tok), labels=("toxicity",)).save_pretrained(root / "rad-q-cross")
+    other_tok.save_pretrained(root / "rad-q-cross")
     other = RadQConfig(backbone_config=GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4))
     RadQForRewardModeling(other).save_pretrained(root / "other-vocab")
     shutil.copytree(root / "rad-q", root / "broken")
@@ -174,3 +179,15 @@ def test_rank_subcommand(models, tmp_path, capsys):
                "--num-prefixes", "10", "--top-k", "3", "--output", str(tmp_path / "topk"))  # fmt: skip
     shape = json.loads((tmp_path / "topk" / "results.json").read_text())["results"][str(models / "rad-q")]["shape"]
     assert shape[0] <= 10 and 3 <= shape[1] <= 30 and "rank" in topk
+
+
+def test_compare_scores_with_the_reward_models_own_tokenizer(models, capsys):
+    """--compare scores each text with the tokenizer the reward model reads, not the LM's (cross-tokenizer)."""
+    out = run(capsys, "generate", "the movie was", "--lm", str(models / "lm"), "--reward-model",
+              str(models / "rad-q-cross"), "--method", "rad-q", "--num-samples", "2", "--max-new-tokens", "4",
+              "--top-k", "5", "--compare")  # fmt: skip
+    scored = [line[3:].split("] ", 1) for line in out.splitlines() if line[:2] in ("1.", "2.")]
+    rm = AutoModel.from_pretrained(models / "rad-q-cross").eval()
+    rm_tok = AutoTokenizer.from_pretrained(models / "rad-q-cross")
+    expected = score_texts(rm, rm_tok, [text for _, text in scored])
+    assert [float(r[1:]) for r, _ in scored] == pytest.approx(expected, abs=0.0051)
