@@ -176,6 +176,12 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
         for scorer in self.scorers:
             scorer.reset()
 
+    def close(self) -> None:
+        """Free the caches and remove any hook a scorer put on the LM (trunk reward models); reset() re-arms."""
+        self.reset()
+        for scorer in self.scorers:
+            getattr(scorer, "close", lambda: None)()
+
     # ----------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -468,7 +474,7 @@ class _RadVScorer(_Scorer):
 def _make_scorer(term: RewardTerm, expected_model_type: str | None, bridge=None) -> _Scorer:
     model_type = getattr(term.reward_model.config, "model_type", None)
     if expected_model_type is not None and model_type != expected_model_type:
-        names = {"rad_q": "RADQ", "rad_v": "RADV"}
+        names = {"rad_q": "RADQ", "rad_v": "RADV", "rad_q_trunk": "RADQTrunk"}
         raise TypeError(
             f"{names[expected_model_type]} needs a {expected_model_type} reward model, got {model_type!r}"
             + (f": use {names[model_type]}(...) instead." if model_type in names else ".")
@@ -483,6 +489,10 @@ def _make_scorer(term: RewardTerm, expected_model_type: str | None, bridge=None)
         return _RadQScorer(term)
     if model_type == "rad_v":
         return _RadVScorer(term)
+    if model_type == "rad_q_trunk":  # the LM's own hidden states: its scorer lives in a sibling module
+        from .decoding_trunk import TrunkScorer
+
+        return TrunkScorer(term)
     raise TypeError(f"Expected a RAD-V or RAD-Q reward model, got {type(term.reward_model).__name__}.")
 
 

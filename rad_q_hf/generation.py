@@ -131,6 +131,9 @@ def reward_augmented_generate(
     if reward_model is None:
         raise ValueError("Pass `reward_model=` (a RAD-V/RAD-Q model, its path, or a list of reward terms).")
     terms = _terms(reward_model, beta, label, direction, model.device)
+    for term in terms:  # a trunk reward model reads this LM's own hidden states (its weights are checked)
+        if hasattr(term.reward_model, "attach_lm"):
+            term.reward_model.attach_lm(model)
     mask = model_kwargs.get("attention_mask")
     if mask is None:  # transformers ≥ 5.24 drops an all-ones mask: no padding
         mask = torch.ones_like(input_ids)
@@ -158,7 +161,7 @@ def reward_augmented_generate(
             **model_kwargs,
         )
     finally:
-        rad.reset()  # free the reward models' caches now, not when the processor is collected
+        rad.close()  # free the reward models' caches (and any hook on the LM) now, not when it is collected
 
 
 def _check_supported(model, input_ids, generation_config, logits_processor) -> str:

@@ -1,0 +1,160 @@
+"""Held-out quality of RAD-Q on the LM's own trunk over tap layer L × own blocks (docs/trunk.md).
+
+    OMP_NUM_THREADS=1 python examples/trunk_grid.py --data_dir ../shared/data --out docs/trunk
+
+The LM (the embedded SmolLM2-135M) is frozen, so its layer-L states of each text do not change during training: they
+are computed once (one forward up to the highest L, every tapped layer kept, fp16 in memory) and every cell of the
+grid trains only its norm, top and head on them with the model's own `run_top` / `_token_scores` and the project's
+`cumulative_mse_loss` — the same loss and optimiser as `RewardRegressionTrainer` runs on
+`RadQTrunkForRewardModeling.forward`, without re-running the trunk for each cell. Held-out: the trainer's sample of
+the toxicity test split (1000 texts, shuffle seed 1) and SST-2 dev, scored at each text's last token like the
+shipped models' cards (accuracy at 0.5, MSE; ROC AUC with sklearn, labels ≥ 0.5 positive).
+"""
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
+
+from rad_q_hf import RadQTrunkForRewardModeling
+from rad_q_hf.data import load_sentiment, load_toxicity
+from rad_q_hf.embedded import resolve
+from rad_q_hf.modeling_rad_v import cumulative_mse_loss
+
+
+@dataclass
+class GridArguments:
+    data_dir: str = field(default="../shared/data")
+    out: str = field(default="docs/trunk")
+    tasks: str = field(default="toxicity,sentiment")
+    layers: str = field(default="6,12,18")
+    blocks: str = field(default="0,1,2")
+    tap_norm: str = field(default="learned")
+    train_texts: int = field(default=2048)
+    epochs: int = field(default=2)
+    batch_size: int = field(default=32)
+    learning_rate: float = field(default=3e-4)
+    seed: int = field(default=1)
+
+
+def batches_of(ds, tokenizer, max_length, batch_size):
+    """Right-padded batches of similar lengths: (ids, mask, labels)."""
+    enc = tokenizer(list(ds["text"]), add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+    labels = torch.tensor([row[0] for row in ds["labels"]], dtype=torch.float32)
+    order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
+    out = []
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        T = max(len(enc[i]) for i in idx)
+        ids = torch.full((len(idx), T), tokenizer.pad_token_id or 0)
+        mask = torch.zeros(len(idx), T, dtype=torch.long)
+        for r, i in enumerate(idx):
+            ids[r, : len(enc[i])] = torch.tensor(enc[i])
+            mask[r, : len(enc[i])] = 1
+        out.append((ids, mask, labels[idx][:, None], idx))
+    return out
+
+
+@torch.no_grad()
+def tapped_states(lm, batches, layers):
+    """{L: [(B, T, d) fp16 per batch]}: one LM forward up to max(layers) per batch, every tapped layer kept."""
+    states = {L: [] for L in layers}
+    for ids, mask, _, _ in batches:
+        hs = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
+        for L in layers:
+            states[L].append(hs[L].half())
+    return states
+
+
+def prefix_loss(rm, h, ids, mask, labels):
+    """The trunk model's training loss (as its forward computes it) from precomputed layer-L states."""
+    g, _ = rm.run_top(h.float(), mask)
+    r = rm._token_scores(g[:, :-1], ids[:, 1:, None])[..., 0] + rm._baselines(g[:, :-1])  # (B, T − 1, 1)
+    rewards = torch.cat([r.new_zeros(r.shape[0], 1, 1), r], 1)
+    reward_mask = torch.cat([mask[:, :1] * 0, mask[:, 1:] * mask[:, :-1]], 1)
+    return cumulative_mse_loss(rewards, labels, reward_mask), rewards
+
+
+def train_cell(lm, L, n, train, train_states, args):
+    torch.manual_seed(args.seed)
+    rm = RadQTrunkForRewardModeling.from_lm(lm, tap_layer=L, num_blocks=n, tap_norm=args.tap_norm)
+    rm.train()
+    params = [p for p in rm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.learning_rate, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.01)
+    steps = args.epochs * len(train)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 30) * max(0.0, 1 - s / steps))
+    g = torch.Generator().manual_seed(args.seed)
+    t0, tokens = time.perf_counter(), 0
+    for _ in range(args.epochs):
+        for b in torch.randperm(len(train), generator=g).tolist():
+            ids, mask, labels, _ = train[b]
+            loss, _ = prefix_loss(rm, train_states[L][b], ids, mask, labels)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 2.0)
+            opt.step()
+            sched.step()
+            tokens += int(mask.sum())
+    return rm.eval(), tokens / (time.perf_counter() - t0), steps
+
+
+@torch.no_grad()
+def evaluate(rm, L, test, test_states, toxicity):
+    from sklearn.metrics import roc_auc_score
+
+    preds, labels = [], []
+    for b, (ids, mask, y, _) in enumerate(test):
+        _, rewards = prefix_loss(rm, test_states[L][b], ids, mask, y)
+        last = mask.sum(1) - 1
+        preds.append(rewards[torch.arange(len(ids)), last, 0])
+        labels.append(y[:, 0])
+    p, y = torch.cat(preds), torch.cat(labels)
+    out = {"accuracy": float(((p >= 0.5) == (y >= 0.5)).float().mean()), "mse": float((p - y).pow(2).mean())}
+    out["roc_auc"] = float(roc_auc_score((y >= 0.5).numpy(), p.numpy()))
+    return out
+
+
+def main(args: GridArguments):
+    torch.set_num_threads(1)
+    path = resolve("smollm2-135m")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    lm = AutoModelForCausalLM.from_pretrained(path).eval()
+    layers, blocks = [int(x) for x in args.layers.split(",")], [int(x) for x in args.blocks.split(",")]
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_file = out_dir / "grid.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    for task in args.tasks.split(","):
+        toxicity = task == "toxicity"
+        data = load_toxicity("offline", args.data_dir) if toxicity else load_sentiment("sst2", args.data_dir)
+        train = data["train"].shuffle(seed=args.seed).select(range(min(args.train_texts, len(data["train"]))))
+        test = data["test"].shuffle(seed=1)
+        test = test.select(range(1000)) if len(test) > 1000 else test  # the trainer's held-out sample
+        max_length = 64 if toxicity else 48  # as the shipped models
+        tb = batches_of(train, tokenizer, max_length, args.batch_size)
+        eb = batches_of(test, tokenizer, max_length, 64)
+        t0 = time.perf_counter()
+        ts, es = tapped_states(lm, tb, layers), tapped_states(lm, eb, layers)
+        print(f"{task}: states of {len(train)} + {len(test)} texts in {time.perf_counter() - t0:.0f}s", flush=True)
+        for L in layers:
+            for n in blocks:
+                key = f"{task}/L{L}/b{n}"
+                if key in results:
+                    continue
+                rm, tok_s, steps = train_cell(lm, L, n, tb, ts, args)
+                metrics = evaluate(rm, L, eb, es, toxicity)
+                params = sum(p.numel() for p in rm.parameters())
+                results[key] = metrics | {"steps": steps, "train_tokens_per_s": tok_s, "params": params}
+                print(key, json.dumps(results[key]), flush=True)
+                results_file.write_text(json.dumps(results, indent=2) + "\n")
+    results["settings"] = {k: v for k, v in vars(args).items()}
+    results_file.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    (grid_args,) = HfArgumentParser(GridArguments).parse_args_into_dataclasses()
+    main(grid_args)
+    print("done")
