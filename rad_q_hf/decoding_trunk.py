@@ -89,7 +89,8 @@ class TrunkScorer(_Scorer):
                 f"The LM's layer {self.model.config.tap_layer} did not run before this step: a trunk reward model "
                 f"reads the hidden states of its own LM ({name}) while that LM generates. Generate with that very "
                 "model object (rm.lm, or rm.attach_lm(lm) with the LM you generate with), or use "
-                "lm.generate(custom_generate=rad_q_hf.reward_augmented_generate, reward_model=rm), which attaches it."
+                "lm.generate(custom_generate=rad_q_hf.reward_augmented_generate, reward_model=rm), which attaches it. "
+                "Assisted / speculative decoding (whose assistant model also calls the processor) is not supported."
             )
         if tuple(state.shape[:2]) != (rows, new_positions):
             raise ValueError(
