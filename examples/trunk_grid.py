@@ -30,13 +30,14 @@ class GridArguments:
     data_dir: str = field(default="../shared/data")
     out: str = field(default="docs/trunk")
     tasks: str = field(default="toxicity,sentiment")
-    layers: str = field(default="6,12,18")
-    blocks: str = field(default="0,1,2")
+    layers: str = field(default="3,6,9")
+    blocks: str = field(default="0,1")
     tap_norm: str = field(default="learned")
-    train_texts: int = field(default=2048)
-    epochs: int = field(default=2)
+    train_texts: int = field(default=512)
+    eval_texts: int = field(default=1000, metadata={"help": "The first N of the held-out sample (CPU budget)."})
+    epochs: int = field(default=3)
     batch_size: int = field(default=32)
-    learning_rate: float = field(default=3e-4)
+    learning_rate: float = field(default=1e-3)
     seed: int = field(default=1)
 
 
@@ -133,6 +134,7 @@ def main(args: GridArguments):
         train = data["train"].shuffle(seed=args.seed).select(range(min(args.train_texts, len(data["train"]))))
         test = data["test"].shuffle(seed=1)
         test = test.select(range(1000)) if len(test) > 1000 else test  # the trainer's held-out sample
+        test = test.select(range(min(args.eval_texts, len(test))))
         max_length = 64 if toxicity else 48  # as the shipped models
         tb = batches_of(train, tokenizer, max_length, args.batch_size)
         eb = batches_of(test, tokenizer, max_length, 64)

@@ -99,7 +99,9 @@ def lm_fingerprint(lm: nn.Module, tap_layer: int) -> list[float]:
     groups += [list(norm.parameters())] if norm is not None else []
     out = []
     for params in groups:
-        sample = [p.detach().flatten()[:: max(1, p.numel() // _FINGERPRINT_SAMPLE)][:_FINGERPRINT_SAMPLE] for p in params]
+        sample = [
+            p.detach().flatten()[:: max(1, p.numel() // _FINGERPRINT_SAMPLE)][:_FINGERPRINT_SAMPLE] for p in params
+        ]
         x = torch.cat([s.float().cpu() for s in sample]) if sample else torch.zeros(1)
         direction = torch.randn(len(x), generator=torch.Generator().manual_seed(len(x)))
         rms, proj = x.pow(2).mean().sqrt(), (x * direction).sum() / math.sqrt(len(x))
@@ -111,9 +113,9 @@ def fingerprints_match(a: list[float], b: list[float]) -> bool:
     """Whether two `lm_fingerprint`s describe the same weights (up to a change of dtype)."""
     if len(a) != len(b):
         return False
-    for (rms_a, proj_a), (rms_b, proj_b) in zip(zip(a[::2], a[1::2]), zip(b[::2], b[1::2]), strict=True):
-        scale = max(abs(rms_a), abs(rms_b), 1e-12)
-        if abs(rms_a - rms_b) > _FINGERPRINT_RTOL * scale or abs(proj_a - proj_b) > _FINGERPRINT_RTOL * scale:
+    for i in range(0, len(a), 2):  # (rms, projection) pairs; both compared on the group's RMS scale
+        scale = max(abs(a[i]), abs(b[i]), 1e-12)
+        if abs(a[i] - b[i]) > _FINGERPRINT_RTOL * scale or abs(a[i + 1] - b[i + 1]) > _FINGERPRINT_RTOL * scale:
             return False
     return True
 

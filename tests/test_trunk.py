@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from conftest import BACKBONES, build_reward_model
-from test_decoding import PAD, V, Recorder, prompts, spread
+from test_decoding import PAD, Recorder, V, prompts, spread
 from transformers import AutoModel, AutoModelForCausalLM
 
 from rad_q_hf import RadQTrunkForRewardModeling, RewardAugmentedLogitsProcessor, RewardTerm, reward_augmented_generate
@@ -101,6 +101,21 @@ def test_trains_with_the_existing_trainer(tmp_path):
     assert math.isfinite(metrics["eval_loss"]) and 0 <= metrics["eval_accuracy"] <= 1
     assert not torch.equal(rm.top.state_dict()["layers.0.mlp.up_proj.weight"], top_before)
     assert all(torch.equal(v, lm_before[k]) for k, v in lm.state_dict().items())
+
+
+def test_trainer_loss_is_the_models_own_loss():
+    """The trainer must weigh only the prefixes the model scores (its `reward_mask`), not every real token."""
+    from rad_q_hf.training import RewardRegressionTrainer, RewardTrainingConfig
+
+    lm = build_lm("gpt2")
+    rm = build_trunk(lm, 1, labels=("a",))
+    ids, mask = prompts([6, 3, 4])
+    right = torch.stack([torch.cat([r[m.bool()], r[~m.bool()]]) for r, m in zip(ids, mask, strict=True)])
+    right_mask = mask.sort(1, descending=True).values  # the collator right-pads
+    labels = torch.tensor([[1.0], [0.0], [0.5]])
+    trainer = RewardRegressionTrainer(rm, RewardTrainingConfig("/tmp/rad-q-trunk-test", report_to="none"))
+    loss = trainer.compute_loss(rm, {"input_ids": right, "attention_mask": right_mask, "labels": labels})
+    torch.testing.assert_close(loss, rm(right, attention_mask=right_mask, labels=labels).loss)
 
 
 def test_checkpoint_is_small_names_its_lm_and_refuses_another(backbone, tmp_path):

@@ -139,7 +139,11 @@ class RewardRegressionTrainer(Trainer):
             B, T = input_ids.shape
             extra = torch.randint(config_of(unwrapped).vocab_size, (B, T + 1, 1), device=input_ids.device)
         rewards, out = prefix_rewards(model, input_ids, mask, extra)  # (B, T, L)
-        losses = {"regression": cumulative_mse_loss(rewards, labels, mask), "rewards": rewards}
+        # A model may score fewer prefixes than real tokens (RAD-Q on the trunk: a text's first token has no state
+        # before it); its `reward_mask` says which, else every real token counts.
+        scored = getattr(out, "reward_mask", None)
+        scored = mask if scored is None else scored
+        losses = {"regression": cumulative_mse_loss(rewards, labels, scored), "rewards": rewards}
         losses["loss"] = losses["regression"]
         if extra is not None:
             losses["prior"] = baseline_prior(out, mask)
