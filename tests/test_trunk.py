@@ -315,3 +315,37 @@ def test_wrong_lm_assisted_decoding_and_hook_lifetime_are_handled():
     assert lm_hooks(lm) == 0
     with pytest.raises(TypeError, match="RADQTrunk needs a rad_q_trunk"):
         RADQTrunk(build_reward_model("rad_q", "gpt2", V))
+
+
+def test_trust_remote_code_load_without_the_package_loads_its_lm_lazily(tmp_path):
+    """The checkpoint carries its code and names its LM: a process without `rad_q_hf` loads both."""
+    import subprocess
+    import sys
+    import textwrap
+
+    lm = build_lm("llama")
+    lm.save_pretrained(tmp_path / "lm")
+    rm = build_trunk(lm, 1)
+    rm.config.lm_name_or_path = str(tmp_path / "lm")
+    rm.save_pretrained(tmp_path / "ckpt")
+    ids, mask = prompts([6, 3])
+    torch.save({"ids": ids, "mask": mask, "rewards": rm(ids, attention_mask=mask).rewards}, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["rad_q_hf"] = None  # importing it now raises ImportError
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True).eval()
+        assert not type(model).__module__.startswith("rad_q_hf"), type(model).__module__
+        e = torch.load({str(tmp_path / "expected.pt")!r})
+        with torch.no_grad():
+            got = model(e["ids"], attention_mask=e["mask"]).rewards
+        torch.testing.assert_close(got, e["rewards"], rtol=1e-6, atol=1e-6)
+        print("OK", type(model).__name__)
+        """
+    )
+    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "OK RadQTrunkForRewardModeling" in res.stdout
