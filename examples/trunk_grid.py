@@ -39,6 +39,8 @@ class GridArguments:
     batch_size: int = field(default=32)
     learning_rate: float = field(default=1e-3)
     seed: int = field(default=1)
+    reference: bool = field(default=False, metadata={"help": "Also score the shipped rad-q-<task> on the same texts."})
+    plot: str | None = field(default=None, metadata={"help": "Only plot: comma-separated grid.json files."})
 
 
 def batches_of(ds, tokenizer, max_length, batch_size):
@@ -118,7 +120,55 @@ def evaluate(rm, L, test, test_states, toxicity):
     return out
 
 
+@torch.no_grad()
+def shipped_reference(task, test, tokenizer, max_length):
+    """The shipped separate RAD-Q model of the task, scored on the same held-out texts at their last token."""
+    from sklearn.metrics import roc_auc_score
+    from transformers import AutoModel
+
+    from rad_q_hf import default_checkpoint
+    from rad_q_hf.training.reward_trainer import last_token, prefix_rewards
+
+    model = AutoModel.from_pretrained(default_checkpoint(f"rad-q-{task}")).eval()
+    preds, labels = [], []
+    for ids, mask, y, _ in batches_of(test, tokenizer, max_length, 32):
+        preds.append(last_token(prefix_rewards(model, ids, mask)[0], mask)[:, 0])
+        labels.append(y[:, 0])
+    p, y = torch.cat(preds), torch.cat(labels)
+    out = {"accuracy": float(((p >= 0.5) == (y >= 0.5)).float().mean()), "mse": float((p - y).pow(2).mean())}
+    return out | {"roc_auc": float(roc_auc_score((y >= 0.5).numpy(), p.numpy()))}
+
+
+def plot(files: list[str], png: str) -> None:
+    """Held-out ROC AUC (toxicity) and accuracy (SST-2) against the tap layer, one line per number of own blocks;
+    the shipped separate RAD-Q model of the same texts as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = {}
+    for f in files:
+        results |= json.loads(Path(f).read_text())
+    panels = [("toxicity", "roc_auc", "toxicity: ROC AUC"), ("sentiment", "accuracy", "SST-2 dev: accuracy")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (task, metric, title) in zip(axes, panels, strict=True):
+        cells = [k.split("/") for k in results if k.startswith(task + "/L")]
+        for n in sorted({int(b[1:]) for _, _, b in cells}):
+            layers = sorted({int(L[1:]) for _, L, b in cells if b == f"b{n}"})
+            ax.plot(layers, [results[f"{task}/L{L}/b{n}"][metric] for L in layers], "o-", label=f"{n} own blocks")
+        if f"{task}/reference" in results:
+            ax.axhline(results[f"{task}/reference"][metric], ls="--", c="k", label="separate RAD-Q (shipped)")
+        ax.set(title=title, xlabel="tap layer L of SmolLM2-135M (30 layers)", ylabel=metric)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+
+
 def main(args: GridArguments):
+    if args.plot:
+        plot(args.plot.split(","), str(Path(args.out) / "quality.png"))
+        return
     torch.set_num_threads(1)
     path = resolve("smollm2-135m")
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -138,6 +188,12 @@ def main(args: GridArguments):
         max_length = 64 if toxicity else 48  # as the shipped models
         tb = batches_of(train, tokenizer, max_length, args.batch_size)
         eb = batches_of(test, tokenizer, max_length, 64)
+        if args.reference and f"{task}/reference" not in results:
+            results[f"{task}/reference"] = shipped_reference(task, test, tokenizer, max_length)
+            print(f"{task}/reference", json.dumps(results[f"{task}/reference"]), flush=True)
+            results_file.write_text(json.dumps(results, indent=2) + "\n")
+        if all(f"{task}/L{L}/b{n}" in results for L in layers for n in blocks):
+            continue
         t0 = time.perf_counter()
         ts, es = tapped_states(lm, tb, layers), tapped_states(lm, eb, layers)
         print(f"{task}: states of {len(train)} + {len(test)} texts in {time.perf_counter() - t0:.0f}s", flush=True)
