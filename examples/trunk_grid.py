@@ -37,7 +37,9 @@ class GridArguments:
     eval_texts: int = field(default=1000, metadata={"help": "The first N of the held-out sample (CPU budget)."})
     epochs: int = field(default=3)
     batch_size: int = field(default=32)
-    learning_rate: float = field(default=1e-3)
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak rate of the norm and the own blocks."})
+    head_learning_rate: float = field(default=1e-4, metadata={"help": "Peak rate of W and b (eᵀWg moves fast)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Keep the tapped states here between runs."})
     seed: int = field(default=1)
     reference: bool = field(default=False, metadata={"help": "Also score the shipped rad-q-<task> on the same texts."})
     plot: str | None = field(default=None, metadata={"help": "Only plot: comma-separated grid.json files."})
@@ -86,7 +88,10 @@ def train_cell(lm, L, n, train, train_states, args):
     rm = RadQTrunkForRewardModeling.from_lm(lm, tap_layer=L, num_blocks=n, tap_norm=args.tap_norm)
     rm.train()
     params = [p for p in rm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.learning_rate, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.01)
+    head = [p for n, p in rm.named_parameters() if n.startswith(("reward_head", "baseline_head"))]
+    rest = [p for n, p in rm.named_parameters() if not n.startswith(("reward_head", "baseline_head"))]
+    groups = [{"params": head, "lr": args.head_learning_rate}, {"params": rest, "lr": args.learning_rate}]
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.01)
     steps = args.epochs * len(train)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 30) * max(0.0, 1 - s / steps))
     g = torch.Generator().manual_seed(args.seed)
@@ -195,7 +200,14 @@ def main(args: GridArguments):
         if all(f"{task}/L{L}/b{n}" in results for L in layers for n in blocks):
             continue
         t0 = time.perf_counter()
-        ts, es = tapped_states(lm, tb, layers), tapped_states(lm, eb, layers)
+        cached = Path(args.cache_dir or "/nonexistent") / f"{task}-{len(train)}-{len(test)}-{args.layers}.pt"
+        if cached.exists():
+            ts, es = torch.load(cached)
+        else:
+            ts, es = tapped_states(lm, tb, layers), tapped_states(lm, eb, layers)
+            if args.cache_dir:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                torch.save((ts, es), cached)
         print(f"{task}: states of {len(train)} + {len(test)} texts in {time.perf_counter() - t0:.0f}s", flush=True)
         for L in layers:
             for n in blocks:
