@@ -41,6 +41,61 @@ class Arguments:
     new_tokens: int = field(default=32)
     repeats: int = field(default=3)
     output: str = field(default="benchmarks/results/trunk_decode_speed.json")
+    floors_only: bool = field(default=False, metadata={"help": "Only the per-step cost floors (robust to load)."})
+    floor_repeats: int = field(default=30)
+
+
+@torch.no_grad()
+def floors(lm, trunks, rad_q, ids, mask, args) -> dict:
+    """Per-step cost floors at the prompt's context, 1 + t_extra / t_LM, from single one-token steps timed in
+    interleaved rounds (median): the LM's cached step on B rows; the trunk scorer's extra work on the same rows
+    (norm, own blocks with their cache, gathering k rows of E); a separate RAD-Q model's cached step plus its head."""
+    from rad_q_hf.compat import cache_kwarg, output_cache
+
+    B = ids.shape[0]
+    step_mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
+    new = ids[:, -1:]
+    cand = torch.randint(lm.config.vocab_size, (B, args.top_k))
+    lm_cache = output_cache(lm(ids, attention_mask=mask, use_cache=True))
+    lm_layer = trunks[next(iter(trunks))].tap_module
+    states = {}
+    lm_layer.register_forward_hook(lambda m, a, o: states.__setitem__("h", o[0] if isinstance(o, tuple) else o))
+
+    def lm_step():
+        lm(new, attention_mask=step_mask, use_cache=True, **{cache_kwarg(lm): lm_cache})
+        lm_cache.crop(-1)
+
+    def trunk_step(rm):
+        tapped = rm.run_top(torch.zeros(B, ids.shape[1], lm.config.hidden_size), mask, use_cache=True)
+        cache = tapped[1]
+
+        def run():
+            g, c = rm.run_top(states["h"][:, -1:], step_mask, cache=cache, use_cache=True)
+            rm.score_hidden(g[:, -1], cand, label=0)
+            if c is not None:
+                c.crop(-1)
+
+        return run
+
+    rq_cache = rad_q.encode(ids, mask, use_cache=True)[1]
+
+    def rad_q_step():
+        h, _ = rad_q.encode(new, step_mask, cache=rq_cache, use_cache=True)
+        rad_q.score_hidden(h[:, -1], cand, label=0)
+        rq_cache.crop(-1)
+
+    lm_step()
+    fns = {"lm": lm_step, **{f"trunk_b{n}": trunk_step(rm) for n, rm in trunks.items()}, "rad_q": rad_q_step}
+    times = {name: [] for name in fns}
+    for _ in range(args.floor_repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    t_lm = statistics.median(times["lm"])
+    return {name: 1 + statistics.median(t) / t_lm for name, t in times.items() if name != "lm"} | {
+        "lm_step_ms": 1000 * t_lm
+    }
 
 
 def make_prompts(tokenizer, batch, length):
@@ -80,6 +135,10 @@ def main(args: Arguments) -> dict:
     results = {}
     for B in args.batch_sizes:
         ids, mask = make_prompts(tokenizer, B, args.prompt_tokens)
+        if args.floors_only:
+            results[B] = floors(lm, trunks, rad_q, ids, mask, args)
+            print(f"B={B:3d} floors", json.dumps(results[B]), flush=True)
+            continue
         methods = {"unguided": None}
         for n, rm in trunks.items():
             methods[f"trunk_L{args.tap_layer}_b{n}"] = partial(
