@@ -38,7 +38,8 @@ class GridArguments:
     epochs: int = field(default=3)
     batch_size: int = field(default=32)
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak rate of the norm and the own blocks."})
-    head_learning_rate: float = field(default=1e-4, metadata={"help": "Peak rate of W and b (eᵀWg moves fast)."})
+    head_learning_rate: float = field(default=1e-5, metadata={"help": "Peak rate of W (eᵀWg moves fast)."})
+    baseline_learning_rate: float = field(default=1e-3, metadata={"help": "Peak rate of the baseline b."})
     cache_dir: str | None = field(default=None, metadata={"help": "Keep the tapped states here between runs."})
     seed: int = field(default=1)
     reference: bool = field(default=False, metadata={"help": "Also score the shipped rad-q-<task> on the same texts."})
@@ -88,10 +89,14 @@ def train_cell(lm, L, n, train, train_states, args):
     rm = RadQTrunkForRewardModeling.from_lm(lm, tap_layer=L, num_blocks=n, tap_norm=args.tap_norm)
     rm.train()
     params = [p for p in rm.parameters() if p.requires_grad]
-    head = [p for n, p in rm.named_parameters() if n.startswith(("reward_head", "baseline_head"))]
-    rest = [p for n, p in rm.named_parameters() if not n.startswith(("reward_head", "baseline_head"))]
-    groups = [{"params": head, "lr": args.head_learning_rate}, {"params": rest, "lr": args.learning_rate}]
-    opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.01)
+    # eᵀWg moves by ~lr·‖e‖₁‖g‖₁ per Adam step: W wants a far smaller rate than the baseline (and with ~1k texts a
+    # larger one memorises tokens: held-out accuracy fell from 0.60 to 0.57 at 1e-4 and to 0.55 at 1e-3, SST-2, L = 9).
+    groups = [
+        {"params": list(rm.reward_head.parameters()), "lr": args.head_learning_rate},
+        {"params": list(rm.baseline_head.parameters()), "lr": args.baseline_learning_rate},
+        {"params": [p for n, p in rm.named_parameters() if not n.startswith(("reward_head", "baseline_head"))]},
+    ]
+    opt = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.01)
     steps = args.epochs * len(train)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 30) * max(0.0, 1 - s / steps))
     g = torch.Generator().manual_seed(args.seed)
