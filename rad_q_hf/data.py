@@ -58,10 +58,38 @@ def resolve_data_dir(path: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def held_out(text: str, percent: float) -> bool:
-    """Whether `text` belongs to the fixed held-out split (a stable hash of the text, not of its row number)."""
-    bucket = int(hashlib.sha1(text.encode("utf-8")).hexdigest()[:8], 16) % 10_000
+def held_out(text: str, percent: float, salt: str = "") -> bool:
+    """Whether `text` belongs to the fixed held-out split (a stable hash of the text, not of its row number).
+
+    A different `salt` draws an independent split (e.g. the validation split carved from train).
+    """
+    bucket = int(hashlib.sha1((salt + text).encode("utf-8")).hexdigest()[:8], 16) % 10_000
     return bucket < percent * 100
+
+
+VALIDATION_SALT = "validation:"
+
+
+def with_validation(ds: DatasetDict, percent: float) -> DatasetDict:
+    """`ds` with a `validation` split carved from `train` by a salted hash of the text (`test` is left untouched).
+
+    Hyperparameters are chosen on `validation`, so the reported `test` split stays unseen. `percent` ≤ 0, or a
+    `ds` that already has a `validation` split, returns `ds` unchanged.
+    """
+    if percent <= 0 or "validation" in ds or "train" not in ds:
+        return ds
+    from datasets import DatasetDict
+
+    is_validation = [held_out(text, percent, VALIDATION_SALT) for text in ds["train"]["text"]]
+    train_rows = [i for i, v in enumerate(is_validation) if not v]
+    validation_rows = [i for i, v in enumerate(is_validation) if v]
+    return DatasetDict(
+        {
+            **ds,
+            "train": ds["train"].select(train_rows),
+            "validation": ds["train"].select(validation_rows),
+        }
+    )
 
 
 def _read_jsonl(path: Path) -> Iterable[dict]:
@@ -100,6 +128,30 @@ def _to_splits(rows: Iterable[tuple[str, list[float], str, str | None]], test_pe
         column["labels"].append([float(y) for y in labels])
         column["source"].append(source)
     return DatasetDict({name: Dataset.from_dict(columns) for name, columns in splits.items()})
+
+
+def balance_classes(ds: Dataset, ratio: float = 1.0, threshold: float = 0.5, seed: int = 0) -> Dataset:
+    """Oversample, within each `source`, the rarer class (label 0 ≥ `threshold` or not) to `ratio` × the other's count.
+
+    Rows are repeated (drawn with a seeded generator), never dropped, so every text is still seen. It moves each
+    source's label prior towards 0.5: ranking (AUC) gains on skewed sources, calibration (MSE) can lose.
+    """
+    from datasets import concatenate_datasets
+
+    generator = torch.Generator().manual_seed(seed)
+    positive = [row[0] >= threshold for row in ds["labels"]]
+    sources = ds["source"] if "source" in ds.column_names else [""] * len(ds)
+    rows: dict[tuple[str, bool], list[int]] = {}
+    for i, key in enumerate(zip(sources, positive, strict=True)):
+        rows.setdefault(key, []).append(i)
+    extra: list[int] = []
+    for source in sorted(set(sources)):
+        small, large = sorted((rows.get((source, c), []) for c in (False, True)), key=len)
+        missing = int(ratio * len(large)) - len(small)
+        if small and missing > 0:
+            picks = torch.randint(len(small), (missing,), generator=generator).tolist()
+            extra += [small[i] for i in picks]
+    return concatenate_datasets([ds, ds.select(extra)]) if extra else ds
 
 
 # (sub-path, label field, label → score in [0, 1]); mapping as the toxicity folder's SOURCE.md suggests.
@@ -394,6 +446,7 @@ __all__ = [
     "SENTIMENT_SOURCES",
     "DataError",
     "RewardDataCollator",
+    "balance_classes",
     "resolve_data_dir",
     "held_out",
     "load_labelled_file",
@@ -402,4 +455,5 @@ __all__ = [
     "tokenize",
     "toxicity_label_names",
     "validate",
+    "with_validation",
 ]

@@ -36,12 +36,32 @@ def baseline_prior(out, attention_mask: torch.Tensor, column: int = 1) -> torch.
     return (token_part.pow(2).sum(-1) * mask).sum() / mask.sum().clamp(min=1)
 
 
+def roc_auc(scores, labels, threshold: float = 0.5) -> float:
+    """ROC AUC of `scores` for the binary labels `labels ≥ threshold` (ties count one half); NaN with one class.
+
+    The Mann-Whitney form: the probability that a random positive outscores a random negative.
+
+    >>> roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+    0.75
+    """
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.float64) >= threshold
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    _, first, counts = np.unique(s[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(s))
+    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)  # 1-based, tied scores share their mean rank
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def compute_reward_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
-    """MSE and accuracy at 0.5 of the first label's reward at the last token of each text."""
+    """MSE, accuracy and ROC AUC (labels ≥ 0.5 positive) of the first label's reward at each text's last token."""
     preds, labels = np.asarray(eval_pred.predictions)[:, 0], np.asarray(eval_pred.label_ids)[:, 0]
     return {
         "mse": float(np.mean((preds - labels) ** 2)),
         "accuracy": float(np.mean((preds >= 0.5) == (labels >= 0.5))),
+        "auc": roc_auc(preds, labels),
     }
 
 
@@ -219,4 +239,4 @@ class RewardRegressionTrainer(Trainer):
         model.load_state_dict(state, strict=False)
 
 
-__all__ = ["RewardRegressionTrainer", "baseline_prior", "compute_reward_metrics"]
+__all__ = ["RewardRegressionTrainer", "baseline_prior", "compute_reward_metrics", "roc_auc"]

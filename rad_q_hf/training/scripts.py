@@ -75,6 +75,19 @@ class DataArguments:
     max_length: int = field(default=128, metadata={"help": "Truncate texts to this many tokens."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on a seeded sample of N texts."})
     max_eval_samples: int | None = field(default=1000, metadata={"help": "Evaluate on N held-out texts (RAD: 1000)."})
+    validation_percent: float = field(
+        default=0.0,
+        metadata={
+            "help": "Carve a validation split of this many percent from train (by a hash of the text): the trainer "
+            "then evaluates on validation and test during training (pick hyperparameters on validation only)."
+        },
+    )
+    balance_classes: float = field(
+        default=0.0,
+        metadata={
+            "help": "Oversample each source's rarer class (label ≥ 0.5 or not) to this ratio of the other (0: off)."
+        },
+    )
     stage_max_steps: str | None = field(
         default=None,
         metadata={"help": "Sentiment: comma-separated `max_steps` of each stage (overrides --max_steps)."},
@@ -129,14 +142,24 @@ def peft_config(args: ModelArguments):
 def prepare(ds: "DatasetDict", tokenizer, data_args: DataArguments, num_labels: int | None, seed: int):
     """Tokenize the train / test splits, sampling `max_*_samples` with a fixed seed."""
     out = {}
-    for split, limit in (("train", data_args.max_train_samples), ("test", data_args.max_eval_samples)):
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
+    for split, limit in (*limits.items(), ("test", data_args.max_eval_samples)):
         if split not in ds:
             continue
         part = ds[split]
         if limit is not None and limit < len(part):
             part = part.shuffle(seed=seed).select(range(limit))
+        if split == "train" and data_args.balance_classes > 0:
+            part = rdata.balance_classes(part, data_args.balance_classes, seed=seed)
         out[split] = rdata.tokenize(part, tokenizer, data_args.max_length, num_labels)
     return out
+
+
+def eval_splits(splits: dict) -> "dict | object | None":
+    """What the trainer evaluates on: `{"validation", "test"}` when a validation split exists, else `test`."""
+    if "validation" not in splits:
+        return splits.get("test")
+    return {name: splits[name] for name in ("validation", "test") if name in splits}
 
 
 def own_files(data_args: DataArguments) -> tuple["DatasetDict", list[str]]:
@@ -161,12 +184,13 @@ def run_regression(
     """Train (resuming from the last checkpoint in `output_dir`), save the final model, return held-out metrics."""
     if model is None:
         model, tokenizer = build_reward_model(model_args, label_names)
+    dataset = rdata.with_validation(dataset, data_args.validation_percent)
     splits = prepare(dataset, tokenizer, data_args, len(label_names), training_args.seed)
     trainer = RewardRegressionTrainer(
         model,
         training_args,
         train_dataset=splits["train"],
-        eval_dataset=splits.get("test"),
+        eval_dataset=eval_splits(splits),
         processing_class=tokenizer,
         peft_config=peft_config(model_args),
     )
@@ -180,7 +204,11 @@ def _train_and_save(trainer, training_args) -> dict[str, float]:
         trainer.accelerator.print(f"Resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
-    metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    held_out = trainer.eval_dataset
+    if isinstance(held_out, dict):  # validation + test: report test as before, keep validation beside it
+        trainer.save_metrics("validation", trainer.evaluate(held_out["validation"], metric_key_prefix="validation"))
+        held_out = held_out.get("test")
+    metrics = trainer.evaluate(held_out) if held_out is not None else {}
     trainer.save_metrics("eval", metrics)
     trainer.accelerator.print(json.dumps(metrics, indent=2))
     return metrics
