@@ -2,11 +2,14 @@
 
     python examples/ship_models.py --data_dir ../shared/data                       # all four
     python examples/ship_models.py --data_dir ../shared/data --only rad-q-toxicity
+    python examples/ship_models.py --data_dir ../shared/data --refresh_cards      # re-evaluate, re-render only
 
 Each model: the embedded SmolLM2-135M's first layers with LoRA adapters and a fresh head, trained with the project's
 trainer on the offline corpora (fixed held-out splits), exported as an fp16 delta with `export_delta`, and given a
 card rendered from the package template (also copied to `model_cards/`). Training runs live in `--work_dir` and
-resume when re-run.
+resume when re-run. The held-out evaluation (`per_source.json`) covers every held-out text, by source, with ROC AUC and
+(toxicity) `alt-profanity-check`'s ROC AUC on the same texts as a baseline; the README's shipped table is rendered from
+those files between its `<!-- shipped-table -->` markers.
 """
 
 import json
@@ -19,12 +22,12 @@ from transformers import AutoModel, AutoTokenizer, HfArgumentParser
 import rad_q_hf  # noqa: F401  (registers the Auto classes)
 from rad_q_hf.checkpoints import SHIPPED_DIR, default_checkpoint, export_delta
 from rad_q_hf.data import load_sentiment, load_toxicity
-from rad_q_hf.model_card import render_card
+from rad_q_hf.evaluation.reward_quality import DEFAULT_BASELINE, held_out_quality
+from rad_q_hf.model_card import render_card, replace_between, shipped_tables
 from rad_q_hf.training import RewardTrainingConfig
 from rad_q_hf.training.scripts import (
     DataArguments,
     ModelArguments,
-    per_source_metrics,
     train_sentiment,
     train_toxicity,
 )
@@ -60,6 +63,11 @@ class ShipArguments:
     toxicity_steps: int = field(default=500, metadata={"help": "Optimizer steps for toxicity."})
     sentiment_steps: str = field(default="100,2000", metadata={"help": "Steps of the Amazon and SST-2 stages."})
     skip_training: bool = field(default=False, metadata={"help": "Only re-export, re-evaluate and re-render cards."})
+    refresh_cards: bool = field(
+        default=False,
+        metadata={"help": "Only re-evaluate the shipped models and re-render their cards and the README table."},
+    )
+    readme: str = field(default="README.md", metadata={"help": "The README whose shipped table is re-rendered."})
 
 
 def recipe(name: str, a: ShipArguments):
@@ -84,13 +92,53 @@ def recipe(name: str, a: ShipArguments):
 
 
 def evaluate_shipped(name: str, a: ShipArguments, max_length: int) -> dict:
-    """Per-source metrics of the *shipped* (fp16 delta, assembled) model on the trainer's held-out sample."""
-    data = load_toxicity("offline", a.data_dir) if name.endswith("toxicity") else load_sentiment("sst2", a.data_dir)
-    test = data["test"]
-    test = test.shuffle(seed=1).select(range(1000)) if len(test) > 1000 else test  # the trainer's eval sample
+    """Per-source quality of the *shipped* (fp16 delta, assembled) model on every held-out text.
+
+    Toxicity models also get `alt-profanity-check`'s ROC AUC on the same texts (`baseline_auc`).
+    """
+    toxicity = name.endswith("toxicity")
+    data = load_toxicity("offline", a.data_dir) if toxicity else load_sentiment("sst2", a.data_dir)
     path = default_checkpoint(name)
     model, tokenizer = AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-    return per_source_metrics(model, tokenizer, test, max_length=max_length)
+    baseline = DEFAULT_BASELINE if toxicity else None
+    return held_out_quality(model, tokenizer, data["test"], max_length=max_length, baseline=baseline)
+
+
+def write_card(name: str, a: ShipArguments, out: Path, per_source: dict) -> None:
+    """Render the card of the shipped model in `out` (and its copy in `model_cards/`)."""
+    _, model_args, data_args, training_args = recipe(name, a)
+    stacked = name.endswith("sentiment")  # stage 2's adapters stacked on stage 1's
+    steps = a.sentiment_steps if stacked else a.toxicity_steps
+    heads_lr = f" at lr {training_args.head_learning_rate:g}" if training_args.head_learning_rate else ""
+    card = render_card(
+        name, out, task="detox" if name.endswith("toxicity") else "positive", method=model_args.method,
+        data=SENTIMENT_DATA if stacked else TOXICITY_DATA,
+        command=f"python examples/ship_models.py --data_dir {a.data_dir} --only {name}",
+        hyperparameters=(
+            f"LoRA r={a.lora_r}, alpha={2 * a.lora_r} on {LORA_TARGETS} of the first {a.num_layers} layers; heads "
+            f"trained fully{heads_lr}; AdamW (0.9, 0.95), eps 1e-12, wd 0.01, clip 2.0, lr {a.learning_rate:g} linear "
+            f"with 30 warm-up steps, batch {a.batch_size}, steps {steps}, max length {data_args.max_length} tokens, "
+            "seed 1, fp32, CPU"
+        ),
+        num_layers=a.num_layers, delta_mb=delta_mb(out), per_source=per_source,
+        lora_r=f"{a.lora_r} per stage, stacked to {2 * a.lora_r}" if stacked else str(a.lora_r),
+    )  # fmt: skip
+    card.save(out / "README.md")
+    Path("model_cards").mkdir(exist_ok=True)
+    card.save(Path("model_cards") / f"{name}.md")
+
+
+def delta_mb(out: Path) -> float:
+    return (out / "delta.safetensors").stat().st_size / 2**20
+
+
+def evaluate_and_document(name: str, a: ShipArguments) -> None:
+    """Re-evaluate the shipped model in `SHIPPED_DIR / name` and re-render its card."""
+    out = SHIPPED_DIR / name
+    _, _, data_args, _ = recipe(name, a)
+    per_source = evaluate_shipped(name, a, data_args.max_length)
+    (out / "per_source.json").write_text(json.dumps(per_source, indent=2) + "\n")
+    write_card(name, a, out, per_source)
 
 
 def ship(name: str, a: ShipArguments) -> None:
@@ -104,28 +152,22 @@ def ship(name: str, a: ShipArguments) -> None:
     shutil.rmtree(out, ignore_errors=True)
     export_delta(trained, out, earlier_stages=earlier)
     shutil.copy(trained / "eval_results.json", out / "eval_results.json")
-    delta_mb = (out / "delta.safetensors").stat().st_size / 2**20
-    per_source = evaluate_shipped(name, a, data_args.max_length)
-    (out / "per_source.json").write_text(json.dumps(per_source, indent=2) + "\n")
-    steps = a.toxicity_steps if name.endswith("toxicity") else a.sentiment_steps
-    heads_lr = f" at lr {training_args.head_learning_rate:g}" if training_args.head_learning_rate else ""
-    card = render_card(
-        name, out, task="detox" if name.endswith("toxicity") else "positive", method=model_args.method,
-        data=TOXICITY_DATA if name.endswith("toxicity") else SENTIMENT_DATA,
-        command=f"python examples/ship_models.py --data_dir {a.data_dir} --only {name}",
-        hyperparameters=(
-            f"LoRA r={a.lora_r}, alpha={2 * a.lora_r} on {LORA_TARGETS} of the first {a.num_layers} layers; heads "
-            f"trained fully{heads_lr}; AdamW (0.9, 0.95), eps 1e-12, wd 0.01, clip 2.0, lr {a.learning_rate:g} linear "
-            f"with 30 warm-up steps, batch {a.batch_size}, steps {steps}, max length {data_args.max_length} tokens, "
-            "seed 1, fp32, CPU"
-        ),
-        num_layers=a.num_layers, delta_mb=delta_mb, per_source=per_source,
-        lora_r=f"{a.lora_r} per stage, stacked to {2 * a.lora_r}" if earlier else str(a.lora_r),
-    )  # fmt: skip
-    card.save(out / "README.md")
-    Path("model_cards").mkdir(exist_ok=True)
-    card.save(Path("model_cards") / f"{name}.md")
-    print(json.dumps({name: json.loads((out / "eval_results.json").read_text()), "delta_mb": delta_mb}))
+    evaluate_and_document(name, a)
+    print(json.dumps({name: json.loads((out / "eval_results.json").read_text()), "delta_mb": delta_mb(out)}))
+
+
+def update_readme(path: str) -> None:
+    """Re-render the README's shipped-model tables from every shipped model's `per_source.json`."""
+    names = ["rad-q-toxicity", "rad-v-toxicity", "rad-q-sentiment", "rad-v-sentiment"]
+    shipped = {
+        n: {
+            "per_source": json.loads((SHIPPED_DIR / n / "per_source.json").read_text()),
+            "delta_mb": delta_mb(SHIPPED_DIR / n),
+        }
+        for n in names
+    }
+    readme = Path(path)
+    readme.write_text(replace_between(readme.read_text(), "shipped-table", shipped_tables(shipped)))
 
 
 if __name__ == "__main__":
@@ -136,4 +178,5 @@ if __name__ == "__main__":
         else ["rad-q-toxicity", "rad-v-toxicity", "rad-q-sentiment", "rad-v-sentiment"]
     )
     for model_name in names:
-        ship(model_name, args)
+        (evaluate_and_document if args.refresh_cards else ship)(model_name, args)
+    update_readme(args.readme)

@@ -19,11 +19,87 @@ def metrics_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def _auc(value: float | None) -> str:
+    return "–" if value is None or value != value else f"{value:.3f}"  # NaN: one class only
+
+
 def per_source_table(per_source: dict[str, dict]) -> str:
-    lines = ["| held-out source | texts | accuracy | MSE | label variance |", "|---|---:|---:|---:|---:|"]
+    """Per held-out source: texts, accuracy, MSE, label variance, and ROC AUC (with the baseline's) when measured."""
+    rows = list(per_source.values())
+    auc, baseline = any("auc" in m for m in rows), any("baseline_auc" in m for m in rows)
+    name = _baseline_name(per_source)
+    head = ["held-out source", "texts", "accuracy", "MSE", "label variance"]
+    head += ["ROC AUC"] if auc else []
+    head += [f"{name} ROC AUC (baseline)"] if baseline else []
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     for source, m in per_source.items():
-        lines.append(f"| {source} | {m['n']} | {m['accuracy']:.3f} | {m['mse']:.4f} | {m['label_variance']:.4f} |")
+        cells = [source, str(m["n"]), f"{m['accuracy']:.3f}", f"{m['mse']:.4f}", f"{m['label_variance']:.4f}"]
+        cells += [_auc(m.get("auc"))] if auc else []
+        cells += [_auc(m.get("baseline_auc"))] if baseline else []
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _baseline_name(per_source: dict[str, dict]) -> str:
+    return per_source.get("all", {}).get("baseline", "baseline")
+
+
+def auc_rows(per_source: dict[str, dict]) -> str:
+    """The model's ROC AUC over all held-out texts and, as a baseline row, the lexical judge's on the same texts."""
+    overall = per_source.get("all", {})
+    if "auc" not in overall:
+        return ""
+    lines = ["| scorer (all held-out texts, label ≥ 0.5 positive) | ROC AUC |", "|---|---:|"]
+    lines.append(f"| this model | {_auc(overall['auc'])} |")
+    if "baseline_auc" in overall:
+        lines.append(f"| {_baseline_name(per_source)} (lexical baseline) | {_auc(overall['baseline_auc'])} |")
+    return "\n".join(lines)
+
+
+def shipped_tables(shipped: dict[str, dict]) -> str:
+    """README tables of the shipped models from their `per_source.json` (held-out quality, ROC AUC and baseline).
+
+    `shipped` maps a model name to `{"per_source": ..., "delta_mb": ...}`; toxicity models also get a per-source table
+    of MSE vs label variance and ROC AUC vs the baseline.
+    """
+    lines = [
+        "| model | method | held-out texts | accuracy at 0.5 | MSE | label variance | ROC AUC | baseline ROC AUC | size (MB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, info in shipped.items():
+        m = info["per_source"]["all"]
+        baseline = f"{_auc(m['baseline_auc'])} ({m['baseline']})" if "baseline_auc" in m else "–"
+        lines.append(
+            f"| `{name}` | {'RAD-Q' if name.startswith('rad-q') else 'RAD-V'} | {m['n']} | {m['accuracy']:.3f} "
+            f"| {m['mse']:.3f} | {m['label_variance']:.3f} | {_auc(m.get('auc'))} | {baseline} | {info['delta_mb']:.1f} |"
+        )
+    toxicity = {name: info["per_source"] for name, info in shipped.items() if name.endswith("toxicity")}
+    return "\n".join(lines) + ("\n\n" + toxicity_source_table(toxicity) if toxicity else "")
+
+
+def toxicity_source_table(per_model: dict[str, dict[str, dict]]) -> str:
+    """One row per held-out source: label variance, each model's MSE and ROC AUC, and the baseline's ROC AUC."""
+    names = list(per_model)
+    first = per_model[names[0]]
+    head = ["source", "texts", "label variance", *[f"MSE {n}" for n in names], *[f"AUC {n}" for n in names]]
+    head.append(f"AUC {_baseline_name(first)}")
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+    for source, m in first.items():
+        cells = [source, str(m["n"]), f"{m['label_variance']:.4f}"]
+        cells += [f"{per_model[n][source]['mse']:.4f}" for n in names]
+        cells += [_auc(per_model[n][source].get("auc")) for n in names]
+        cells.append(_auc(m.get("baseline_auc")))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def replace_between(text: str, marker: str, content: str) -> str:
+    """`text` with what lies between `<!-- marker -->` and `<!-- /marker -->` replaced by `content`."""
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    if start not in text or end not in text:
+        raise ValueError(f"The text has no {start} ... {end} block to fill.")
+    head, rest = text.split(start, 1)
+    return f"{head}{start}\n{content}\n{end}{rest.split(end, 1)[1]}"
 
 
 def render_card(name: str, checkpoint_dir: str | Path, *, task: str, method: str, data: str, command: str,
@@ -74,7 +150,19 @@ def render_card(name: str, checkpoint_dir: str | Path, *, task: str, method: str
         delta_mb=f"{delta_mb:.1f}",
         metrics_table=metrics_table(metrics),
         per_source_table=per_source_table(per_source) if per_source else "",
+        per_source_n=(per_source or {}).get("all", {}).get("n", ""),
+        auc_table=auc_rows(per_source) if per_source else "",
     )
 
 
-__all__ = ["REPO_URL", "TEMPLATE", "metrics_table", "per_source_table", "render_card"]
+__all__ = [
+    "REPO_URL",
+    "TEMPLATE",
+    "auc_rows",
+    "metrics_table",
+    "per_source_table",
+    "render_card",
+    "replace_between",
+    "shipped_tables",
+    "toxicity_source_table",
+]

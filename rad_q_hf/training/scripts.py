@@ -204,6 +204,7 @@ def _train_and_save(trainer, training_args) -> dict[str, float]:
         trainer.accelerator.print(f"Resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
+    trainer.save_state()  # trainer_state.json: the log history a learning curve is plotted from
     held_out = trainer.eval_dataset
     if isinstance(held_out, dict):  # validation + test: report test as before, keep validation beside it
         trainer.save_metrics("validation", trainer.evaluate(held_out["validation"], metric_key_prefix="validation"))

@@ -1,0 +1,83 @@
+"""Held-out quality of a reward model, per source: accuracy, MSE, label variance and ROC AUC, next to a baseline.
+
+    quality = held_out_quality(model, tokenizer, load_toxicity("offline", data_dir)["test"], baseline="profanity-check")
+    quality["all"]["auc"], quality["all"]["baseline_auc"]
+
+Each text's reward is the model's output 0 at its last token (unclamped). Accuracy thresholds prediction and label at
+0.5; ROC AUC counts labels ≥ 0.5 as positive (continuous-label sources are binarised there, their MSE is not); a model
+that predicts a source's mean label scores an MSE equal to that source's label variance. The baseline is a toxicity
+judge (`alt-profanity-check` by default) scored on the same texts.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..training.reward_trainer import last_token, prefix_rewards, roc_auc
+from .judges import toxicity_judge
+
+ALL = "all"
+DEFAULT_BASELINE = "profanity-check"
+
+
+@torch.no_grad()
+def text_rewards(model, tokenizer, texts: Sequence[str], max_length: int = 128, batch_size: int = 32) -> np.ndarray:
+    """Output 0 of the reward model at the last token of each text (right-padded batches), shape (n,)."""
+    model.eval()
+    device = next(model.parameters()).device
+    preds = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(list(texts[start : start + batch_size]), add_special_tokens=False, truncation=True,
+                          max_length=max_length, padding=True, padding_side="right", return_tensors="pt").to(device)  # fmt: skip
+        rewards, _ = prefix_rewards(model, batch["input_ids"], batch["attention_mask"])
+        preds.append(last_token(rewards, batch["attention_mask"])[:, 0].float().cpu())
+    return torch.cat(preds).numpy() if preds else np.zeros(0)
+
+
+def group_metrics(pred: np.ndarray, label: np.ndarray, baseline: np.ndarray | None = None) -> dict[str, float]:
+    """n, accuracy at 0.5, MSE, label variance and ROC AUC of one group; `baseline_auc` when `baseline` is given."""
+    out = {
+        "n": len(label),
+        "accuracy": float(np.mean((pred >= 0.5) == (label >= 0.5))),
+        "mse": float(np.mean((pred - label) ** 2)),
+        "label_variance": float(np.var(label)),
+        "auc": roc_auc(pred, label),
+    }
+    if baseline is not None:
+        out["baseline_auc"] = roc_auc(baseline, label)
+    return out
+
+
+def source_metrics(
+    pred: Sequence[float], labels: Sequence[float], sources: Sequence[str], baseline: Sequence[float] | None = None
+) -> dict[str, dict]:
+    """`group_metrics` per source (sorted by name), then over all texts under `"all"`."""
+    pred, labels = np.asarray(pred, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    base = None if baseline is None else np.asarray(baseline, dtype=np.float64)
+    sources = np.asarray(sources)
+    out = {}
+    for source in [*sorted(set(sources.tolist())), ALL]:
+        idx = np.ones(len(sources), bool) if source == ALL else sources == source
+        out[source] = group_metrics(pred[idx], labels[idx], None if base is None else base[idx])
+    return out
+
+
+def held_out_quality(
+    model, tokenizer, ds, max_length: int = 128, baseline: str | None = None, batch_size: int = 32
+) -> dict[str, dict]:
+    """`source_metrics` of the model on a `text` / `labels` (/ `source`) dataset, with a judge's AUC as baseline.
+
+    `baseline` names a toxicity judge of `rad_q_hf.evaluation.judges` (e.g. `"profanity-check"`); `None` skips it.
+    """
+    texts, labels = list(ds["text"]), [row[0] for row in ds["labels"]]
+    sources = ds["source"] if "source" in ds.column_names else [ALL] * len(texts)
+    pred = text_rewards(model, tokenizer, texts, max_length, batch_size)
+    scores = toxicity_judge(baseline).score(texts) if baseline else None
+    metrics = source_metrics(pred, labels, sources, scores)
+    if baseline:
+        metrics[ALL]["baseline"] = baseline
+    return metrics
+
+
+__all__ = ["ALL", "DEFAULT_BASELINE", "group_metrics", "held_out_quality", "source_metrics", "text_rewards"]

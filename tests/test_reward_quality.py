@@ -1,0 +1,114 @@
+"""Held-out quality metrics: ROC AUC, per-source grouping, the lexical baseline, cards and README tables."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_reward_model
+from datasets import Dataset
+
+from rad_q_hf.evaluation.reward_quality import group_metrics, held_out_quality, source_metrics, text_rewards
+from rad_q_hf.model_card import auc_rows, per_source_table, replace_between, shipped_tables
+from rad_q_hf.training.reward_trainer import compute_reward_metrics, roc_auc
+
+
+def test_roc_auc_hand_computed():
+    # positives 0.35, 0.8; negatives 0.1, 0.4: 0.35 beats 0.1 only, 0.8 beats both -> 3 of 4 pairs
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+    # a tie between a positive and a negative counts one half: pairs (0.5 vs 0.5) = ½, (0.9 vs 0.5) = 1
+    assert roc_auc([0.5, 0.5, 0.9], [0, 1, 1]) == 0.75
+    # continuous labels are positive from 0.5 on: [0.2, 0.49] negative, [0.5, 0.9] positive
+    assert roc_auc([0.9, 0.8, 0.1, 0.2], [0.2, 0.49, 0.5, 0.9]) == 0.0
+    assert math.isnan(roc_auc([0.1, 0.2], [1, 1]))
+
+
+def test_roc_auc_matches_sklearn_with_ties():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 10, 200) / 10  # many ties
+    labels = rng.random(200)
+    assert roc_auc(scores, labels) == pytest.approx(metrics.roc_auc_score(labels >= 0.5, scores))
+
+
+def test_trainer_metrics_include_auc():
+    from transformers import EvalPrediction
+
+    out = compute_reward_metrics(EvalPrediction(np.array([[0.1], [0.4], [0.35], [0.8]]), np.array([[0], [0], [1], [1]])))
+    assert out["auc"] == 0.75 and out["accuracy"] == 0.75
+
+
+def test_source_metrics_group_by_source_then_all():
+    pred = [0.9, 0.2, 0.6, 0.1, 0.7]
+    label = [1.0, 0.0, 0.3, 0.0, 0.8]
+    sources = ["b", "b", "a", "a", "a"]
+    base = [0.5, 0.6, 0.1, 0.2, 0.3]
+    out = source_metrics(pred, label, sources, base)
+    assert list(out) == ["a", "b", "all"]
+    assert out["a"]["n"] == 3 and out["b"]["n"] == 2 and out["all"]["n"] == 5
+    a = np.array([0, 1, 2]) + 2
+    assert out["a"]["mse"] == pytest.approx(np.mean((np.array(pred)[a] - np.array(label)[a]) ** 2))
+    assert out["a"]["label_variance"] == pytest.approx(np.var(np.array(label)[a]))
+    assert out["a"]["auc"] == 1.0  # the one positive (0.8 -> pred 0.7) beats 0.6 and 0.1
+    assert out["a"]["baseline_auc"] == 1.0 and out["b"]["baseline_auc"] == 0.0
+    assert out["all"] == group_metrics(np.array(pred), np.array(label), np.array(base))
+
+
+def test_held_out_quality_has_the_baseline_row(tokenizer):
+    pytest.importorskip("profanity_check")
+    model = build_reward_model("rad_v", "gpt2", len(tokenizer), labels=("toxicity",))
+    texts = ["you idiot", "what a stupid idea", "the movie was great", "I love this place, it is lovely"]
+    ds = Dataset.from_dict({"text": texts, "labels": [[1.0], [0.7], [0.0], [0.2]], "source": ["x", "x", "y", "y"]})
+    out = held_out_quality(model, tokenizer, ds, baseline="profanity-check", batch_size=3)
+    assert set(out) == {"x", "y", "all"} and out["all"]["baseline"] == "profanity-check"
+    assert 0 <= out["all"]["baseline_auc"] <= 1 and math.isnan(out["x"]["auc"])  # x holds positives only
+    pred = text_rewards(model, tokenizer, texts, batch_size=1)  # unpadded, one by one
+    assert out["all"]["mse"] == pytest.approx(float(np.mean((pred - [1.0, 0.7, 0.0, 0.2]) ** 2)), rel=1e-5)
+    with torch.no_grad():
+        ids = tokenizer(texts[0], add_special_tokens=False, return_tensors="pt")["input_ids"]
+        assert pred[0] == pytest.approx(float(model(input_ids=ids).rewards[0, -1, 0]), rel=1e-5)
+
+
+PER_SOURCE = {
+    "ruddit": {"n": 10, "accuracy": 0.7, "mse": 0.02, "label_variance": 0.03, "auc": 0.8, "baseline_auc": 0.9},
+    "all": {"n": 10, "accuracy": 0.7, "mse": 0.02, "label_variance": 0.03, "auc": 0.8, "baseline_auc": 0.9,
+            "baseline": "profanity-check"},
+}  # fmt: skip
+
+
+def test_card_tables_show_auc_and_the_baseline_row():
+    table = per_source_table(PER_SOURCE)
+    assert "| ROC AUC | profanity-check ROC AUC (baseline) |" in table
+    assert "| ruddit | 10 | 0.700 | 0.0200 | 0.0300 | 0.800 | 0.900 |" in table
+    rows = auc_rows(PER_SOURCE)
+    assert "| this model | 0.800 |" in rows and "| profanity-check (lexical baseline) | 0.900 |" in rows
+    old = {k: {m: v for m, v in row.items() if "auc" not in m} for k, row in PER_SOURCE.items()}
+    assert "AUC" not in per_source_table(old) and auc_rows(old) == ""  # older per_source.json files still render
+
+
+def test_card_renders_auc(tmp_path):
+    from rad_q_hf.model_card import render_card
+
+    (tmp_path / "eval_results.json").write_text(json.dumps({"eval_accuracy": 0.7, "eval_mse": 0.1}))
+    card = render_card("rad-v-x", tmp_path, task="detox", method="rad-v", data="D", command="C", hyperparameters="H",
+                       num_layers=2, lora_r=4, delta_mb=1.0, per_source=PER_SOURCE)  # fmt: skip
+    assert "profanity-check (lexical baseline) | 0.900" in card.content and "held-out texts (10)" in card.content
+
+
+def test_readme_tables_from_per_source_files():
+    sentiment = {k: {m: v for m, v in row.items() if "baseline" not in m} for k, row in PER_SOURCE.items()}
+    text = shipped_tables(
+        {
+            "rad-v-toxicity": {"per_source": PER_SOURCE, "delta_mb": 3.8},
+            "rad-q-toxicity": {"per_source": PER_SOURCE, "delta_mb": 4.4},
+            "rad-v-sentiment": {"per_source": sentiment, "delta_mb": 7.5},
+        }
+    )
+    assert "| `rad-v-toxicity` | RAD-V | 10 | 0.700 | 0.020 | 0.030 | 0.800 | 0.900 (profanity-check) | 3.8 |" in text
+    assert "| `rad-v-sentiment` | RAD-V | 10 | 0.700 | 0.020 | 0.030 | 0.800 | – | 7.5 |" in text
+    assert "| ruddit | 10 | 0.0300 | 0.0200 | 0.0200 | 0.800 | 0.800 | 0.900 |" in text
+    filled = replace_between("a\n<!-- t -->\nold\n<!-- /t -->\nb", "t", "new")
+    assert filled == "a\n<!-- t -->\nnew\n<!-- /t -->\nb"
+    with pytest.raises(ValueError, match="no <!-- u -->"):
+        replace_between(filled, "u", "x")

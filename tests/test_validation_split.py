@@ -1,0 +1,61 @@
+"""The validation split carved from train, class balancing, and the trainer's learning-curve logs."""
+
+import json
+
+from conftest import build_reward_model
+from datasets import Dataset, DatasetDict
+
+from rad_q_hf import data as rdata
+from rad_q_hf.training import RewardTrainingConfig
+from rad_q_hf.training.scripts import DataArguments, ModelArguments, run_regression
+
+WORDS = ["good", "lovely", "kind", "great", "stupid", "idiot"]
+
+
+def toy(n: int, prefix: str) -> Dataset:
+    texts = [f"{prefix} {WORDS[i % len(WORDS)]} {i}" for i in range(n)]
+    labels = [[float(WORDS[i % len(WORDS)] in ("stupid", "idiot"))] for i in range(n)]
+    return Dataset.from_dict({"text": texts, "labels": labels, "source": ["a" if i % 2 else "b" for i in range(n)]})
+
+
+def test_validation_is_carved_from_train_by_a_salted_hash():
+    ds = DatasetDict({"train": toy(400, "train"), "test": toy(50, "test")})
+    out = rdata.with_validation(ds, 10)
+    train, validation = set(out["train"]["text"]), set(out["validation"]["text"])
+    assert not train & validation and train | validation == set(ds["train"]["text"])
+    assert out["test"]["text"] == ds["test"]["text"]  # the reported held-out split does not move
+    assert validation == {t for t in ds["train"]["text"] if rdata.held_out(t, 10, rdata.VALIDATION_SALT)}
+    assert 15 <= len(validation) <= 70
+    # Independent of the test hash: the unsalted 10 % bucket is a different set of texts.
+    assert validation != {t for t in ds["train"]["text"] if rdata.held_out(t, 10)}
+    assert rdata.with_validation(ds, 0) is ds and rdata.with_validation(out, 10) is out
+
+
+def test_balance_classes_oversamples_the_rarer_class_per_source():
+    ds = toy(60, "t")  # 1 in 3 texts toxic
+    out = rdata.balance_classes(ds, 1.0, seed=0)
+    assert out.select(range(len(ds)))["text"] == ds["text"]  # every original row kept, in order
+    for source in ("a", "b"):
+        flags = [row[0] >= 0.5 for row, s in zip(out["labels"], out["source"], strict=True) if s == source]
+        assert sum(flags) == len(flags) - sum(flags)
+    half = rdata.balance_classes(ds, 0.5, seed=0)
+    assert len(half) == len(ds)  # 20 toxic of 60 is already half of the 40 others
+    assert rdata.balance_classes(ds, 1.0, seed=0)["text"] == out["text"]  # seeded
+
+
+def test_training_logs_validation_and_test_curves(tokenizer, tmp_path):
+    model = build_reward_model("rad_v", "gpt2", len(tokenizer), labels=("toxicity",))
+    dataset = DatasetDict({"train": toy(120, "train"), "test": toy(24, "test")})
+    data_args = DataArguments(validation_percent=20, balance_classes=1.0, max_eval_samples=None)
+    args = RewardTrainingConfig(
+        str(tmp_path), max_steps=4, per_device_train_batch_size=8, eval_strategy="steps", eval_steps=2,
+        report_to="none", use_cpu=True, learning_rate=1e-3, save_strategy="no",
+    )  # fmt: skip
+    metrics = run_regression(ModelArguments(method="rad-v"), data_args, args, dataset, ["toxicity"], model, tokenizer)
+    assert "eval_auc" in metrics and "eval_mse" in metrics  # the report stays on test, under the usual names
+    validation = json.loads((tmp_path / "validation_results.json").read_text())
+    assert {"validation_auc", "validation_mse"} <= set(validation) and validation != metrics
+    state = json.loads((tmp_path / "trainer_state.json").read_text())
+    curve = [(e["step"], e["eval_validation_auc"]) for e in state["log_history"] if "eval_validation_auc" in e]
+    assert [step for step, _ in curve] == [2, 4]
+    assert [e["step"] for e in state["log_history"] if "eval_test_mse" in e] == [2, 4]
