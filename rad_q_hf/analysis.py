@@ -51,6 +51,34 @@ def reward_matrix(
     return torch.cat(rows)
 
 
+@torch.no_grad()
+def candidate_rewards(model, ids: torch.Tensor, candidates: torch.Tensor, label: int = 0) -> torch.Tensor:
+    """Rewards r(x≤p ⊕ v) of each cut's own candidates: ids (T,), candidates (T + 1, k) → (T + 1, k), unclamped.
+
+    Row p scores `candidates[p]` after the first p tokens (p = 0: the empty prefix), as decoding would.
+    """
+    device = next(model.parameters()).device
+    ids, candidates = ids.to(device)[None], candidates.to(device)
+    mask = torch.ones_like(ids)
+    if is_rad_q(model):
+        bos_ids, bos_mask = with_bos(model, ids, mask)
+        hidden, _ = model.encode(bos_ids, bos_mask, use_cache=False)  # (1, T + 1, d)
+        return model.score_hidden(hidden[0], query_ids=candidates, label=label)
+    return candidate_values(model, ids, mask, candidates[None])[0, :, :, label]
+
+
+def spread_stats(rewards: torch.Tensor) -> dict[str, float]:
+    """Spread of rewards across each step's candidates, rewards (steps, k): the mean over steps of the std and of
+    max − min over the k candidates, and the mean reward."""
+    rewards = rewards.double()
+    return {
+        "steps": rewards.shape[0],
+        "mean_std": float(rewards.std(dim=1, unbiased=False).mean()),
+        "mean_range": float((rewards.max(dim=1).values - rewards.min(dim=1).values).mean()),
+        "mean_reward": float(rewards.mean()),
+    }
+
+
 def numerical_rank(sigma: torch.Tensor, shape: tuple[int, int], rtol: float | None = None, dtype=None) -> int:
     """Singular values above `rtol · σ_max` (default `max(m, n) · eps` of `dtype`, numpy's `matrix_rank` rule)."""
     if sigma.numel() == 0 or sigma[0] == 0:
@@ -246,9 +274,11 @@ __all__ = [
     "DEFAULT_PROMPTS",
     "ENERGY_LEVELS",
     "RankConfig",
+    "candidate_rewards",
     "numerical_rank",
     "plot_spectra",
     "rank_reward_models",
     "reward_matrix",
     "spectrum_stats",
+    "spread_stats",
 ]

@@ -35,7 +35,9 @@ def test_roc_auc_matches_sklearn_with_ties():
 def test_trainer_metrics_include_auc():
     from transformers import EvalPrediction
 
-    out = compute_reward_metrics(EvalPrediction(np.array([[0.1], [0.4], [0.35], [0.8]]), np.array([[0], [0], [1], [1]])))
+    out = compute_reward_metrics(
+        EvalPrediction(np.array([[0.1], [0.4], [0.35], [0.8]]), np.array([[0], [0], [1], [1]]))
+    )
     assert out["auc"] == 0.75 and out["accuracy"] == 0.75
 
 

@@ -1,0 +1,124 @@
+"""Spread of rewards across one decoding step's top-k candidates: the quantity β multiplies.
+
+    python benchmarks/candidate_spread.py                                   # 20 prompts per task, k = 20
+    python benchmarks/candidate_spread.py --num_prompts 50 --models rad-q-toxicity,rad-v-toxicity
+
+The embedded SmolLM2-135M samples continuations (unguided top-k sampling, T = 1, seeded) of each task's shipped
+prompts (toxicity: `rtp-nontoxic`, sentiment: `sentiment-neutral`). At every generated step the LM's top-k next tokens
+are scored by each shipped reward model of the task (RAD-V: prefix ⊕ candidate; RAD-Q: one forward per text) and
+clamped to [0, 1] as the decoding processors do. Reported, per model: the mean over steps of the std and of max − min
+of the k rewards, and the mean std of the LM's own top-k logits for scale: RAD adds β·r to those logits, so a
+candidate's reward moves its logit by at most β·(max − min) relative to another's.
+Writes `spread.json` and `spread.md` to --output_dir.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
+
+import rad_q_hf
+from rad_q_hf.analysis import candidate_rewards, spread_stats
+from rad_q_hf.embedded import resolve
+from rad_q_hf.evaluation.prompts import load_prompts
+
+PROMPTS = {"toxicity": "rtp-nontoxic", "sentiment": "sentiment-neutral"}
+
+
+@dataclass
+class SpreadArguments:
+    models: str = field(
+        default="rad-q-toxicity,rad-v-toxicity,rad-q-sentiment,rad-v-sentiment",
+        metadata={"help": "Comma-separated shipped models (or delta folders ending in -toxicity / -sentiment)."},
+    )
+    num_prompts: int = field(default=20, metadata={"help": "Prompts per task."})
+    top_k: int = field(default=20, metadata={"help": "Candidates per step (k)."})
+    max_new_tokens: int = field(default=20, metadata={"help": "Decoding steps per prompt."})
+    batch_size: int = field(default=10, metadata={"help": "Prompts per generate call."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    output_dir: str = field(default="benchmarks/results/candidate_spread", metadata={"help": "Where results go."})
+
+
+@torch.no_grad()
+def sample_steps(lm, tokenizer, prompts: list[str], a: SpreadArguments) -> list[tuple[torch.Tensor, int]]:
+    """(ids of prompt + continuation, prompt length) per prompt, from unguided top-k sampling."""
+    torch.manual_seed(a.seed)
+    rows = []
+    for start in range(0, len(prompts), a.batch_size):
+        batch = tokenizer(prompts[start : start + a.batch_size], return_tensors="pt", padding=True)
+        out = lm.generate(**batch, do_sample=True, top_k=a.top_k, max_new_tokens=a.max_new_tokens,
+                          pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        width = batch["input_ids"].shape[1]
+        for mask, seq in zip(batch["attention_mask"], out, strict=True):
+            new = seq[width:]
+            ended = (new == tokenizer.eos_token_id).nonzero()
+            new = new[: int(ended[0]) if len(ended) else len(new)]
+            prompt = seq[:width][mask.bool()]
+            rows.append((torch.cat([prompt, new]), len(prompt)))
+    return rows
+
+
+@torch.no_grad()
+def step_candidates(lm, ids: torch.Tensor, prompt_len: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LM's top-k after each cut p = 0..T (rows before `prompt_len` unused), (T + 1, k), and their logits."""
+    logits = lm(ids[None]).logits[0].float()  # (T, V): row p - 1 predicts the token after the first p tokens
+    top = logits.topk(k, dim=-1)
+    candidates = torch.cat([top.indices[:1], top.indices])  # row 0 (empty prefix) is never used
+    values = torch.cat([top.values[:1], top.values])
+    return candidates, values
+
+
+def measure(name: str, lm, rows, k: int) -> dict:
+    """`spread_stats` of the clamped candidate rewards of model `name` over every generated step of `rows`."""
+    model = AutoModel.from_pretrained(rad_q_hf.default_checkpoint(name)).eval()
+    rewards, logit_std = [], []
+    for ids, prompt_len in rows:
+        if len(ids) <= prompt_len:
+            continue
+        candidates, values = step_candidates(lm, ids, prompt_len, k)
+        steps = slice(prompt_len, len(ids))  # cut p: the step that chose token p
+        rewards.append(candidate_rewards(model, ids, candidates)[steps].clamp(0, 1))
+        logit_std.append(values[steps].std(dim=1, unbiased=False))
+    stats = spread_stats(torch.cat(rewards))
+    stats["lm_logit_std"] = float(torch.cat(logit_std).mean())
+    return stats
+
+
+def table(results: dict[str, dict], k: int) -> str:
+    lines = [
+        f"| model | steps | mean std of r over k={k} | mean max−min of r | mean r | β·(max−min) at β=10 | "
+        "mean std of LM top-k logits |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in results.items():
+        lines.append(
+            f"| `{name}` | {s['steps']} | {s['mean_std']:.4f} | {s['mean_range']:.4f} | {s['mean_reward']:.3f} "
+            f"| {10 * s['mean_range']:.2f} | {s['lm_logit_std']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(a: SpreadArguments) -> dict[str, dict]:
+    lm_path = resolve("smollm2-135m")
+    tokenizer = AutoTokenizer.from_pretrained(lm_path, padding_side="left")
+    lm = AutoModelForCausalLM.from_pretrained(lm_path).eval()
+    names = [n.strip() for n in a.models.split(",") if n.strip()]
+    results, rows = {}, {}
+    for name in names:
+        task = "toxicity" if name.endswith("toxicity") else "sentiment"
+        if task not in rows:
+            rows[task] = sample_steps(lm, tokenizer, load_prompts(PROMPTS[task], a.num_prompts), a)
+        results[name] = measure(name, lm, rows[task], a.top_k)
+        print(json.dumps({name: results[name]}))
+    out = Path(a.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spread.json").write_text(json.dumps({"args": vars(a), "results": results}, indent=2) + "\n")
+    (out / "spread.md").write_text(table(results, a.top_k) + "\n")
+    print(table(results, a.top_k))
+    return results
+
+
+if __name__ == "__main__":
+    main(HfArgumentParser(SpreadArguments).parse_args_into_dataclasses()[0])
