@@ -67,6 +67,9 @@ class ShipArguments:
         default=False,
         metadata={"help": "Only re-evaluate the shipped models and re-render their cards and the README table."},
     )
+    eval_samples: int | None = field(
+        default=1000, metadata={"help": "Held-out texts evaluated (the trainer's seeded sample); None: all of them."}
+    )
     readme: str = field(default="README.md", metadata={"help": "The README whose shipped table is re-rendered."})
 
 
@@ -92,16 +95,19 @@ def recipe(name: str, a: ShipArguments):
 
 
 def evaluate_shipped(name: str, a: ShipArguments, max_length: int) -> dict:
-    """Per-source quality of the *shipped* (fp16 delta, assembled) model on every held-out text.
+    """Per-source quality of the *shipped* (fp16 delta, assembled) model on the held-out texts (`--eval_samples`).
 
     Toxicity models also get `alt-profanity-check`'s ROC AUC on the same texts (`baseline_auc`).
     """
     toxicity = name.endswith("toxicity")
     data = load_toxicity("offline", a.data_dir) if toxicity else load_sentiment("sst2", a.data_dir)
+    test = data["test"]
+    if a.eval_samples is not None and len(test) > a.eval_samples:
+        test = test.shuffle(seed=1).select(range(a.eval_samples))  # the trainer's eval sample (seed 1)
     path = default_checkpoint(name)
     model, tokenizer = AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     baseline = DEFAULT_BASELINE if toxicity else None
-    return held_out_quality(model, tokenizer, data["test"], max_length=max_length, baseline=baseline)
+    return held_out_quality(model, tokenizer, test, max_length=max_length, baseline=baseline)
 
 
 def write_card(name: str, a: ShipArguments, out: Path, per_source: dict) -> None:

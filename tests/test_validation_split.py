@@ -59,3 +59,31 @@ def test_training_logs_validation_and_test_curves(tokenizer, tmp_path):
     curve = [(e["step"], e["eval_validation_auc"]) for e in state["log_history"] if "eval_validation_auc" in e]
     assert [step for step, _ in curve] == [2, 4]
     assert [e["step"] for e in state["log_history"] if "eval_test_mse" in e] == [2, 4]
+
+
+def test_learning_curves_from_log_history(tmp_path):
+    from rad_q_hf.evaluation.learning_curves import learning_curves, plot_learning_curves, read_log_history
+
+    history = [
+        {"step": 10, "loss": 0.3},
+        {"step": 20, "eval_validation_auc": 0.7, "eval_validation_mse": 0.2},
+        {"step": 20, "eval_test_auc": 0.65, "eval_test_mse": 0.22},
+        {"step": 40, "eval_validation_auc": 0.8, "eval_validation_mse": float("nan")},
+        {"step": 40, "eval_auc": 0.9, "eval_runtime": 3.0},
+    ]
+    curves = learning_curves(history)
+    assert curves == {
+        "held_out_auc": [(40, 0.9)],
+        "test_auc": [(20, 0.65)],
+        "test_mse": [(20, 0.22)],
+        "train_loss": [(10, 0.3)],
+        "validation_auc": [(20, 0.7), (40, 0.8)],
+        "validation_mse": [(20, 0.2)],
+    }
+    (tmp_path / "checkpoint-5").mkdir()
+    (tmp_path / "checkpoint-40").mkdir()
+    (tmp_path / "checkpoint-5" / "trainer_state.json").write_text(json.dumps({"log_history": history[:1]}))
+    (tmp_path / "checkpoint-40" / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    assert learning_curves(read_log_history(tmp_path)) == curves  # the latest checkpoint's, by step number
+    plot_learning_curves({"run": curves}, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 1000

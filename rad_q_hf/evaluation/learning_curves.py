@@ -1,0 +1,78 @@
+"""Learning curves (held-out metric vs optimizer step) from a Trainer's log history (`trainer_state.json`).
+
+A run trained with `--validation_percent` and `--eval_strategy steps` logs `eval_validation_*` and `eval_test_*` at
+every evaluation; a run with one held-out split logs `eval_*`. Curves are named `<split>_<metric>`.
+"""
+
+import json
+import math
+from pathlib import Path
+
+Curves = dict[str, list[tuple[int, float]]]
+
+
+def read_log_history(run_dir: str | Path) -> list[dict]:
+    """The log history of a run folder: its own `trainer_state.json`, else that of its latest `checkpoint-N`."""
+    run_dir = Path(run_dir)
+    candidates = [run_dir / "trainer_state.json"] + sorted(
+        run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]), reverse=True
+    )
+    for path in candidates:
+        if path.is_file():
+            return json.loads(path.read_text())["log_history"]
+    raise FileNotFoundError(f"No trainer_state.json in {run_dir} or its checkpoint-* folders.")
+
+
+def learning_curves(log_history: list[dict], metrics: tuple[str, ...] = ("auc", "mse", "loss")) -> Curves:
+    """`{split_metric: [(step, value), ...]}` for every logged held-out split, plus `train_loss`, sorted by step."""
+    curves: Curves = {}
+    for entry in log_history:
+        step = entry.get("step")
+        for key, value in entry.items():
+            name = _curve_name(key, metrics)
+            if name and step is not None and isinstance(value, int | float) and not math.isnan(value):
+                curves.setdefault(name, []).append((int(step), float(value)))
+    return {name: sorted(points) for name, points in sorted(curves.items())}
+
+
+def _curve_name(key: str, metrics: tuple[str, ...]) -> str | None:
+    if key == "loss":
+        return "train_loss"
+    if not key.startswith("eval_"):
+        return None
+    rest = key.removeprefix("eval_")
+    for metric in metrics:
+        if rest == metric:
+            return f"held_out_{metric}"
+        if rest.endswith(f"_{metric}"):
+            return f"{rest.removesuffix(f'_{metric}')}_{metric}"
+    return None
+
+
+def plot_learning_curves(runs: dict[str, Curves], path: str | Path, metrics: tuple[str, ...] = ("auc", "mse")) -> None:
+    """One panel per metric, one line per (run, split); baselines as dashed lines via `runs[...]["baseline_<m>"]`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for run, curves in runs.items():
+            for name, points in curves.items():
+                if name.endswith(f"_{metric}") and points:
+                    steps, values = zip(*points, strict=True)
+                    style = "--" if name.startswith("baseline") else "-"
+                    ax.plot(
+                        steps, values, style, marker="o" if len(points) < 30 else None, ms=3, label=f"{run}: {name}"
+                    )
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(metric.upper() if metric == "auc" else metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+__all__ = ["Curves", "learning_curves", "plot_learning_curves", "read_log_history"]
