@@ -176,3 +176,12 @@ def test_sentiment_runs_stages_in_order(tiny_backbone, tmp_path):
     predicted = text_rewards(final.eval(), tokenizer, texts)[:, 0]
     accuracy = float(((predicted >= 0.5) == (labels >= 0.5)).float().mean())
     assert json.loads((out / "eval_results.json").read_text())["eval_accuracy"] == pytest.approx(accuracy)
+
+
+def test_scripts_import_this_checkout(tmp_path):
+    """A script's own folder, not the working directory, starts `sys.path`: ENV must put this checkout first, or the
+    scripts would test whichever `rad_q_hf` is installed (another worktree's)."""
+    script = tmp_path / "where.py"
+    script.write_text("import rad_q_hf; print(rad_q_hf.__file__)")
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert Path(out.stdout.strip()).resolve() == ROOT / "rad_q_hf" / "__init__.py", out.stderr[-2000:]
