@@ -45,11 +45,11 @@ def _baseline_name(per_source: dict[str, dict]) -> str:
 
 
 def auc_rows(per_source: dict[str, dict]) -> str:
-    """The model's ROC AUC over all held-out texts and, as a baseline row, the lexical judge's on the same texts."""
+    """The model's ROC AUC over the held-out texts of all sources; as a baseline row, the lexical judge's on them."""
     overall = per_source.get("all", {})
     if "auc" not in overall:
         return ""
-    lines = ["| scorer (all held-out texts, label ≥ 0.5 positive) | ROC AUC |", "|---|---:|"]
+    lines = ["| scorer (the held-out texts of all sources; label ≥ 0.5 positive) | ROC AUC |", "|---|---:|"]
     lines.append(f"| this model | {_auc(overall['auc'])} |")
     if "baseline_auc" in overall:
         lines.append(f"| {_baseline_name(per_source)} (lexical baseline) | {_auc(overall['baseline_auc'])} |")
