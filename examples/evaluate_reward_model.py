@@ -1,7 +1,7 @@
 """Held-out quality of any reward-model checkpoint, by source, with ROC AUC and profanity-check's AUC as a baseline.
 
-    python examples/evaluate_reward_model.py /work/runs/h6-rad-v-toxicity-v2/out/checkpoint-300 --output q.json
-    python examples/evaluate_reward_model.py rad-v-toxicity --eval_samples 0          # a shipped model, all texts
+    python examples/evaluate_reward_model.py --checkpoint /work/runs/h6-rad-v-toxicity-v2/out/checkpoint-300 --output q.json
+    python examples/evaluate_reward_model.py --checkpoint rad-v-toxicity --eval_samples 0         # a shipped model, all texts
 
 Toxicity: the offline corpora's held-out split, the trainer's seeded sample of `--eval_samples` texts (0: all), the
 same texts `examples/ship_models.py` evaluates the shipped models on. Sentiment: SST-2 dev, no baseline.

@@ -1,7 +1,7 @@
 """Plot held-out AUC / MSE against optimizer steps from one or more training runs' log history.
 
-    python examples/plot_learning_curves.py /work/runs/rad-v-toxicity-v2 --output docs/learning_curves.png
-    python examples/plot_learning_curves.py runA runB --labels "lr 1e-3,lr 3e-3" --baseline_auc 0.89
+    python examples/plot_learning_curves.py --runs /work/runs/h6-rad-v-toxicity-v2/out --output docs/learning_curves.png
+    python examples/plot_learning_curves.py --runs runA runB --labels "lr 1e-3,lr 3e-3" --baseline_auc 0.89
 
 Each run folder needs a `trainer_state.json` (written at the end of training and in every `checkpoint-N`); runs
 trained with `--validation_percent` and `--eval_strategy steps` give validation and test curves. `--baseline_auc`
