@@ -9,8 +9,9 @@ import torch
 from conftest import build_reward_model
 from datasets import Dataset
 
-from rad_q_hf.evaluation.reward_quality import group_metrics, held_out_quality, source_metrics, text_rewards
+from rad_q_hf.evaluation.reward_quality import group_metrics, held_out_quality, source_metrics
 from rad_q_hf.model_card import auc_rows, per_source_table, replace_between, shipped_tables
+from rad_q_hf.scoring import text_rewards
 from rad_q_hf.training.reward_trainer import compute_reward_metrics, roc_auc
 
 
@@ -65,7 +66,7 @@ def test_held_out_quality_has_the_baseline_row(tokenizer):
     out = held_out_quality(model, tokenizer, ds, baseline="profanity-check", batch_size=3)
     assert set(out) == {"x", "y", "all"} and out["all"]["baseline"] == "profanity-check"
     assert 0 <= out["all"]["baseline_auc"] <= 1 and math.isnan(out["x"]["auc"])  # x holds positives only
-    pred = text_rewards(model, tokenizer, texts, batch_size=1)  # unpadded, one by one
+    pred = text_rewards(model, tokenizer, texts, batch_size=1)[:, 0].numpy()  # unpadded, one by one
     assert out["all"]["mse"] == pytest.approx(float(np.mean((pred - [1.0, 0.7, 0.0, 0.2]) ** 2)), rel=1e-5)
     with torch.no_grad():
         ids = tokenizer(texts[0], add_special_tokens=False, return_tensors="pt")["input_ids"]

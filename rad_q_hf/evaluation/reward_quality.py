@@ -12,27 +12,13 @@ judge (`alt-profanity-check` by default) scored on the same texts.
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
-from ..training.reward_trainer import last_token, prefix_rewards, roc_auc
+from ..scoring import text_rewards
+from ..training.reward_trainer import roc_auc
 from .judges import toxicity_judge
 
 ALL = "all"
 DEFAULT_BASELINE = "profanity-check"
-
-
-@torch.no_grad()
-def text_rewards(model, tokenizer, texts: Sequence[str], max_length: int = 128, batch_size: int = 32) -> np.ndarray:
-    """Output 0 of the reward model at the last token of each text (right-padded batches), shape (n,)."""
-    model.eval()
-    device = next(model.parameters()).device
-    preds = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(list(texts[start : start + batch_size]), add_special_tokens=False, truncation=True,
-                          max_length=max_length, padding=True, padding_side="right", return_tensors="pt").to(device)  # fmt: skip
-        rewards, _ = prefix_rewards(model, batch["input_ids"], batch["attention_mask"])
-        preds.append(last_token(rewards, batch["attention_mask"])[:, 0].float().cpu())
-    return torch.cat(preds).numpy() if preds else np.zeros(0)
 
 
 def group_metrics(pred: np.ndarray, label: np.ndarray, baseline: np.ndarray | None = None) -> dict[str, float]:
@@ -72,7 +58,8 @@ def held_out_quality(
     """
     texts, labels = list(ds["text"]), [row[0] for row in ds["labels"]]
     sources = ds["source"] if "source" in ds.column_names else [ALL] * len(texts)
-    pred = text_rewards(model, tokenizer, texts, max_length, batch_size)
+    model.eval()
+    pred = text_rewards(model, tokenizer, texts, batch_size, max_length)[:, 0].float().cpu().numpy()
     scores = toxicity_judge(baseline).score(texts) if baseline else None
     metrics = source_metrics(pred, labels, sources, scores)
     if baseline:
@@ -80,4 +67,4 @@ def held_out_quality(
     return metrics
 
 
-__all__ = ["ALL", "DEFAULT_BASELINE", "group_metrics", "held_out_quality", "source_metrics", "text_rewards"]
+__all__ = ["ALL", "DEFAULT_BASELINE", "group_metrics", "held_out_quality", "source_metrics"]
