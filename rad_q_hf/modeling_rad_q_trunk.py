@@ -381,7 +381,11 @@ class RadQTrunkForRewardModeling(RadPreTrainedModel):
         self, hidden: torch.Tensor, query_ids: torch.LongTensor | None = None, label: int | None = None
     ) -> torch.Tensor:
         """Rewards of next tokens after prefixes whose top outputs are `hidden` (..., d), as in RAD-Q:
-        (..., n_labels, k|V), or (..., k|V) for one `label`; only the queried k rows of E are gathered."""
+        (..., n_labels, k|V), or (..., k|V) for one `label`; only the queried k rows of E are gathered.
+
+        The head's three methods mirror `RadQForRewardModeling`'s (one model, one file: this file must load as
+        remote code on its own); they differ in that E is the LM's, detached and moved to the top's device.
+        """
         b = self._baselines(hidden)  # (..., L)
         b = b[..., None] if label is None else b[..., label, None]
         return self._token_scores(hidden, query_ids, label) + b
