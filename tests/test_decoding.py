@@ -58,6 +58,25 @@ class Recorder(LogitsProcessor):
         return out
 
 
+def real_tokens_mask(prompt_mask, N, P):
+    """(N, P) bool: the real tokens of `generate`'s rows (prompts repeated per sample/beam, then new tokens)."""
+    m = prompt_mask.repeat_interleave(N // len(prompt_mask), 0)
+    return torch.cat([m, torch.ones(N, P - m.shape[1], dtype=m.dtype)], 1).bool()
+
+
+def record_processor_calls(monkeypatch) -> list:
+    """Every RAD processor call's (input_ids, scores, output), also for processors built inside `generate`."""
+    calls, call = [], RewardAugmentedLogitsProcessor.__call__
+
+    def recording(self, input_ids, scores):
+        out = call(self, input_ids, scores)
+        calls.append((input_ids.clone(), scores.clone(), out.clone()))
+        return out
+
+    monkeypatch.setattr(RewardAugmentedLogitsProcessor, "__call__", recording)
+    return calls
+
+
 class ReferenceRAD:
     """z_v + Σ β·clamp(r_v) on the candidates, −inf elsewhere; rewards recomputed from scratch."""
 
@@ -67,8 +86,7 @@ class ReferenceRAD:
     @torch.no_grad()
     def __call__(self, input_ids, scores):
         N, P = input_ids.shape
-        m = self.prompt_mask.repeat_interleave(N // len(self.prompt_mask), 0)
-        mask = torch.cat([m, torch.ones(N, P - m.shape[1], dtype=m.dtype)], 1).bool()
+        mask = real_tokens_mask(self.prompt_mask, N, P)
         out = torch.full_like(scores, -math.inf)
         for i in range(N):
             real = input_ids[i][mask[i]]  # the row's tokens without padding

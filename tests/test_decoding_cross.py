@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 from conftest import build_reward_model, gpt2_config
-from test_decoding import Recorder, spread
+from test_decoding import Recorder, real_tokens_mask, spread
 from test_tokenizer_bridge import CORPUS, byte_level_bpe, sentencepiece_style
 from transformers import AutoModelForCausalLM
 
@@ -41,8 +41,7 @@ class ReferenceCross:
     @torch.no_grad()
     def __call__(self, input_ids, scores):
         N, P = input_ids.shape
-        m = self.prompt_mask.repeat_interleave(N // len(self.prompt_mask), 0)
-        mask = torch.cat([m, torch.ones(N, P - m.shape[1], dtype=m.dtype)], 1).bool()
+        mask = real_tokens_mask(self.prompt_mask, N, P)
         out = torch.full_like(scores, -math.inf)
         for i in range(N):
             real = input_ids[i][mask[i]].tolist()

@@ -13,7 +13,7 @@ import weakref
 import pytest
 import torch
 from conftest import BACKBONES, build_reward_model
-from test_decoding import PAD, ReferenceRAD, V, build_lm, prompts, setup_case, spread
+from test_decoding import PAD, ReferenceRAD, V, build_lm, prompts, record_processor_calls, setup_case, spread
 from transformers import (
     AutoModelForCausalLM,
     GenerationConfig,
@@ -64,15 +64,7 @@ def test_beam_sampling_matches_explicit_mask_path(method):
 @pytest.mark.parametrize("method", ["rad_v", "rad_q"])
 def test_custom_generate_matches_slow_reference(method, mode, monkeypatch):
     lm, ids, mask, terms, top_k, top_p, gen = setup_case(method, "gpt2", mode)
-    calls = []
-    call = RewardAugmentedLogitsProcessor.__call__
-
-    def recording(self, input_ids, scores):
-        out = call(self, input_ids, scores)
-        calls.append((input_ids.clone(), scores.clone(), out.clone()))
-        return out
-
-    monkeypatch.setattr(RewardAugmentedLogitsProcessor, "__call__", recording)
+    calls = record_processor_calls(monkeypatch)
     gen.pop("top_k")
     lm.generate(ids, attention_mask=mask, **custom_kwargs(terms, top_k, top_p), **gen)
     assert len(calls) >= 2

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from conftest import BACKBONES, build_reward_model
-from test_decoding import PAD, Recorder, V, prompts, spread
+from test_decoding import PAD, Recorder, V, prompts, real_tokens_mask, record_processor_calls, spread
 from transformers import AutoModel, AutoModelForCausalLM
 
 from rad_q_hf import RadQTrunkForRewardModeling, RewardAugmentedLogitsProcessor, RewardTerm, reward_augmented_generate
@@ -168,8 +168,7 @@ class TrunkReference:
     @torch.no_grad()
     def __call__(self, input_ids, scores):
         N, P = input_ids.shape
-        m = self.prompt_mask.repeat_interleave(N // len(self.prompt_mask), 0)
-        mask = torch.cat([m, torch.ones(N, P - m.shape[1], dtype=m.dtype)], 1).bool()
+        mask = real_tokens_mask(self.prompt_mask, N, P)
         out = torch.full_like(scores, -math.inf)
         for i in range(N):
             real = input_ids[i][mask[i]]
@@ -254,15 +253,7 @@ def test_other_block_counts_match_the_reference(num_blocks):
 @pytest.mark.parametrize("mode", ["batch3_left_padded", "num_return_sequences2", "beam2", "combined"])
 def test_custom_generate_matches_reference_and_removes_its_hook(mode, monkeypatch):
     lm, ids, mask, terms, top_k, top_p, gen = trunk_case("gpt2", mode)
-    calls = []
-    call = RewardAugmentedLogitsProcessor.__call__
-
-    def recording(self, input_ids, scores):
-        out = call(self, input_ids, scores)
-        calls.append((input_ids.clone(), scores.clone(), out.clone()))
-        return out
-
-    monkeypatch.setattr(RewardAugmentedLogitsProcessor, "__call__", recording)
+    calls = record_processor_calls(monkeypatch)
     gen.pop("top_k")
     lm.generate(ids, attention_mask=mask, custom_generate=reward_augmented_generate, reward_model=terms, top_k=top_k,
                 **gen)  # fmt: skip
