@@ -3,6 +3,7 @@
     python benchmarks/decode_speed.py                      # embedded SmolLM2-135M as LM, its first 6 layers as RM
     python benchmarks/decode_speed.py --device cuda --batch_sizes 1 8 32 --naive_batch_sizes 1 8 32
     python benchmarks/decode_speed.py --lm gemma3-270m --name cross   # another tokenizer: scored through text
+    python benchmarks/decode_speed.py --reward_layers 12 --trunk_blocks 0 1   # + RAD-Q on the LM's own trunk
     python benchmarks/decode_speed.py --device cuda --dtype bfloat16 --lm benchmarks/configs/llama-3.1-8b.json \
         --reward_backbone benchmarks/configs/smollm2-135m.json --reward_layers 30   # random weights, real shapes
 
@@ -11,6 +12,8 @@ RAD-V that re-encodes every candidate sequence without a cache (one batched call
 generated token (per step, whole batch), the ratio of each to unguided, peak memory, and two floors measured in the
 same run from single cached forwards at mid-generation context:
     RAD-Q floor = 1 + t_RM(B rows) / t_LM(B rows)        RAD-V floor = 1 + t_RM(B·k rows) / t_LM(B rows)
+`--trunk_blocks` adds RAD-Q on the LM's own trunk (issue 15: the LM's layer-`--trunk_tap_layer` states through a hook,
+then that many own blocks and the head; floor = 1 + t_blocks(B rows) / t_LM(B rows)).
 Writes JSON and a markdown table to --output_dir. Reward heads are untrained: speed does not depend on them.
 
 `--lm` / `--reward_backbone` may also be a config JSON (`benchmarks/configs/`): the model is then built with random
@@ -33,8 +36,17 @@ import psutil
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, LogitsProcessor
 
-from rad_q_hf import RADQ, RADV, RadQConfig, RadQForRewardModeling, RadVConfig, RadVForRewardModeling
+from rad_q_hf import (
+    RADQ,
+    RADV,
+    RadQConfig,
+    RadQForRewardModeling,
+    RadQTrunkForRewardModeling,
+    RadVConfig,
+    RadVForRewardModeling,
+)
 from rad_q_hf.compat import cache_kwarg, output_cache
+from rad_q_hf.decoding_trunk import RADQTrunk
 from rad_q_hf.embedded import is_embedded, resolve
 
 TEXT = (
@@ -66,6 +78,12 @@ class BenchmarkArguments:
     )
     name: str = field(default="", metadata={"help": "Suffix of the output files (decode_speed_<device>[_<name>])."})
     dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16."})
+    trunk_blocks: list[int] = field(
+        default_factory=list, metadata={"help": "Also time RAD-Q on the LM's own trunk with these own-block counts."}
+    )
+    trunk_tap_layer: int = field(
+        default=9, metadata={"help": "The trunk models' tap layer (cost does not depend on it)."}
+    )
     output_dir: str = field(default="benchmarks/results", metadata={"help": "Where JSON and markdown go."})
 
 
@@ -143,11 +161,17 @@ def random_prompts(vocab_size, batch, length, device, pad_id):
     return ids.to(device), mask.to(device)
 
 
+def close(processors) -> None:
+    """A trunk model's hook on the LM must not outlive its run (the naive baseline has nothing to close)."""
+    for processor in processors:
+        getattr(processor, "close", lambda: None)()
+
+
 def time_generate(lm, ids, mask, args, processor_factory, eos_id):
     if args.warmup:  # first calls of new shapes pay for cuBLAS/kernel selection: not part of decoding cost
-        run_generate(
-            lm, ids, mask, args, [processor_factory()] if processor_factory else [], eos_id, min(4, args.new_tokens)
-        )
+        processors = [processor_factory()] if processor_factory else []
+        run_generate(lm, ids, mask, args, processors, eos_id, min(4, args.new_tokens))
+        close(processors)
     times, mems = [], []
     for _ in range(args.repeats):
         # Built outside the timed region: a one-off set-up (the cross-tokenizer path reads both vocabularies).
@@ -158,6 +182,7 @@ def time_generate(lm, ids, mask, args, processor_factory, eos_id):
             out = run_generate(lm, ids, mask, args, processors, eos_id, args.new_tokens)
             sync(args.device)
             times.append(time.perf_counter() - t0)
+        close(processors)
         mems.append(mem.mib)
         assert out.shape[1] == ids.shape[1] + args.new_tokens
     return 1000 * statistics.median(times) / args.new_tokens, max(mems)
@@ -181,18 +206,24 @@ def run_generate(lm, ids, mask, args, processors, eos_id, new_tokens):
 
 
 @torch.no_grad()
-def time_forward(model, ids, mask, device, repeats=5):
-    """Median time of one cached forward of one new token per row, after a prefill of `ids`."""
+def time_forward(model, ids, mask, device, repeats=5, embeddings=False):
+    """Median time of one cached forward of one new token per row, after a prefill of `ids` (`embeddings`: the model
+    is fed random `inputs_embeds` of the same shape instead, as a trunk model's blocks are)."""
     ids, mask = ids.to(model.device), mask.to(model.device)
-    out = model(ids, attention_mask=mask, use_cache=True)
+    inputs = {"input_ids": ids}
+    if embeddings:
+        inputs = {
+            "inputs_embeds": torch.randn(*ids.shape, model.config.hidden_size, dtype=model.dtype, device=model.device)
+        }
+    out = model(**inputs, attention_mask=mask, use_cache=True)
     cache = output_cache(out)
-    step = ids[:, -1:]
+    step = {name: value[:, -1:] for name, value in inputs.items()}
     mask = torch.cat([mask, mask[:, -1:]], 1)
     times = []
     for _ in range(repeats + 1):
         sync(device)
         t0 = time.perf_counter()
-        model(step, attention_mask=mask, use_cache=True, **{cache_kwarg(model): cache})
+        model(**step, attention_mask=mask, use_cache=True, **{cache_kwarg(model): cache})
         sync(device)
         times.append(time.perf_counter() - t0)
         cache.crop(-1)  # drop the token just added, so every repeat sees the same context
@@ -231,9 +262,19 @@ def build_models(args: BenchmarkArguments):
     return lm.eval(), rad_q.to(rm_device).eval(), rad_v.to(rm_device).eval(), tokenizer
 
 
+def trunk_model(lm, args: BenchmarkArguments, num_blocks: int) -> RadQTrunkForRewardModeling:
+    """RAD-Q on `lm`'s own trunk; its top's blocks are fed `inputs_embeds` (a 1-token vocabulary), so the floor is
+    timed on the blocks alone through `trunk.top` with embeddings of the context's length."""
+    if lm.config.vocab_size != lm.get_input_embeddings().weight.shape[0]:
+        raise ValueError("The trunk rows need the LM's own vocabulary.")
+    trunk = RadQTrunkForRewardModeling.from_lm(lm, tap_layer=args.trunk_tap_layer, num_blocks=num_blocks)
+    return trunk.to(getattr(torch, args.dtype)).eval()
+
+
 def main(args: BenchmarkArguments) -> list[dict]:
     torch.set_grad_enabled(False)
     lm, rad_q, rad_v, tokenizer = build_models(args)
+    trunks = {n: trunk_model(lm, args, n) for n in args.trunk_blocks}
     eos_id = lm.config.eos_token_id if tokenizer is None else tokenizer.eos_token_id
     eos_id = eos_id[0] if isinstance(eos_id, list) else eos_id
     rows = []
@@ -267,6 +308,10 @@ def main(args: BenchmarkArguments) -> list[dict]:
         floors = {name + suffix: floor for name, floor in floors.items()}
         if B in args.naive_batch_sizes and not cross:
             methods["rad_v_naive"] = partial(NaiveRADV, rad_v, 10.0, k, mask)
+        for n, trunk in trunks.items():
+            methods[f"rad_q_trunk_b{n}"] = partial(RADQTrunk, trunk, beta=10.0, top_k=k, attention_mask=mask)
+            t_top = time_forward(trunk.top, ctx_ids, ctx_mask, args.device, embeddings=True) if n else 0.0
+            floors[f"rad_q_trunk_b{n}"] = 1 + t_top / t_lm
         time_generate(lm, ids, mask, args, None, eos_id)  # warm-up
         base = None
         for name, factory in methods.items():

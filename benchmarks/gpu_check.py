@@ -95,6 +95,8 @@ def run_decode(pair: dict, quick: bool, device: str, tmp: str, repeats: int) -> 
         dtype="float32" if quick else "bfloat16",
         warmup=True,
         repeats=repeats,
+        trunk_blocks=[0, 1],  # RAD-Q on the LM's own trunk (issue 15): its cost does not depend on the tap layer
+        trunk_tap_layer=1 if quick else 9,
         output_dir=tmp,
         name=pair["name"],
     )

@@ -3,6 +3,7 @@
     python examples/ship_models.py --data_dir ../shared/data                       # all four
     python examples/ship_models.py --data_dir ../shared/data --only rad-q-toxicity
     python examples/ship_models.py --data_dir ../shared/data --refresh_cards      # re-evaluate, re-render only
+    python examples/ship_models.py --data_dir ../shared/data --only rad-q-trunk-toxicity,rad-q-trunk-sentiment
 
 Each model: the embedded SmolLM2-135M's first layers with LoRA adapters and a fresh head, trained with the project's
 trainer on the offline corpora (fixed held-out splits), exported as an fp16 delta with `export_delta`, and given a
@@ -10,6 +11,10 @@ card rendered from the package template (also copied to `model_cards/`). Trainin
 resume when re-run. The held-out evaluation (`per_source.json`) covers every held-out text, by source, with ROC AUC and
 (toxicity) `alt-profanity-check`'s ROC AUC on the same texts as a baseline; the README's shipped table is rendered from
 those files between its `<!-- shipped-table -->` markers.
+
+The `rad-q-trunk-*` models (RAD-Q on the LM's own trunk, issue 15) have no backbone: they are trained by
+`examples/trunk_grid.py` (the LM's layer-L states computed once, then the norm, own blocks and head trained on them
+with the trainer's loss) for the one cell `--trunk_tap_layer` × `--trunk_blocks`, and shipped whole in fp16.
 """
 
 import json
@@ -17,6 +22,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import trunk_grid  # examples/trunk_grid.py, next to this script
 from transformers import AutoModel, AutoTokenizer, HfArgumentParser
 
 import rad_q_hf  # noqa: F401  (registers the Auto classes)
@@ -71,6 +77,15 @@ class ShipArguments:
         default=1000, metadata={"help": "Held-out texts evaluated (the trainer's seeded sample); None: all of them."}
     )
     readme: str = field(default="README.md", metadata={"help": "The README whose shipped table is re-rendered."})
+    trunk_tap_layer: int = field(default=18, metadata={"help": "rad-q-trunk-*: the LM layer whose states are read."})
+    trunk_blocks: int = field(default=0, metadata={"help": "rad-q-trunk-*: own transformer blocks on top."})
+    trunk_train_texts: int = field(default=16384, metadata={"help": "rad-q-trunk-*: training texts (seeded sample)."})
+    trunk_epochs: int = field(default=2, metadata={"help": "rad-q-trunk-*: epochs over them."})
+    trunk_head_learning_rate: float = field(default=1e-4, metadata={"help": "rad-q-trunk-*: peak rate of W."})
+
+
+TRUNK_NAMES = ("rad-q-trunk-toxicity", "rad-q-trunk-sentiment")
+NAMES = ("rad-q-toxicity", "rad-v-toxicity", "rad-q-sentiment", "rad-v-sentiment", *TRUNK_NAMES)
 
 
 def recipe(name: str, a: ShipArguments):
@@ -94,6 +109,36 @@ def recipe(name: str, a: ShipArguments):
     return train_sentiment, model_args, data_args, RewardTrainingConfig(**common, max_steps=1)
 
 
+def trunk_grid_arguments(name: str, a: ShipArguments) -> trunk_grid.GridArguments:
+    task = name.rsplit("-", 1)[1]
+    work = Path(a.work_dir)
+    return trunk_grid.GridArguments(
+        data_dir=a.data_dir, out=str(work / name), tasks=task, layers=str(a.trunk_tap_layer),
+        blocks=str(a.trunk_blocks), train_texts=a.trunk_train_texts, epochs=a.trunk_epochs,
+        head_learning_rate=a.trunk_head_learning_rate, cache_dir=str(work / "trunk-states"),
+        save_dir=str(work / name / "models"),
+    )  # fmt: skip
+
+
+def ship_trunk(name: str, a: ShipArguments) -> None:
+    grid = trunk_grid_arguments(name, a)
+    if not a.skip_training:
+        trunk_grid.main(grid)
+    cell = f"{grid.tasks}/L{grid.layers}/b{grid.blocks}"
+    metrics = json.loads((Path(grid.out) / "grid.json").read_text())[cell]
+    out = SHIPPED_DIR / name
+    shutil.rmtree(out, ignore_errors=True)
+    export_delta(Path(grid.save_dir) / cell.replace("/", "-"), out)
+    eval_results = {
+        "eval_accuracy": metrics["accuracy"],
+        "eval_mse": metrics["mse"],
+        "eval_roc_auc": metrics["roc_auc"],
+    }
+    (out / "eval_results.json").write_text(json.dumps(eval_results, indent=2) + "\n")
+    evaluate_and_document(name, a)
+    print(json.dumps({name: eval_results, "delta_mb": delta_mb(out)}))
+
+
 def evaluate_shipped(name: str, a: ShipArguments, max_length: int) -> dict:
     """Per-source quality of the *shipped* (fp16 delta, assembled) model on the held-out texts (`--eval_samples`).
 
@@ -110,8 +155,33 @@ def evaluate_shipped(name: str, a: ShipArguments, max_length: int) -> dict:
     return held_out_quality(model, tokenizer, test, max_length=max_length, baseline=baseline)
 
 
+def write_trunk_card(name: str, a: ShipArguments, out: Path, per_source: dict) -> None:
+    toxicity = name.endswith("toxicity")
+    grid = trunk_grid_arguments(name, a)
+    config = json.loads((out / "config.json").read_text())
+    card = render_card(
+        name, out, task="detox" if toxicity else "positive", method="rad-q-trunk",
+        data=TOXICITY_DATA if toxicity else "SST-2 train (GLUE; Stanford, research use); label 1 = positive; SST-2 dev held out",
+        command=f"python examples/ship_models.py --data_dir {a.data_dir} --only {name}",
+        hyperparameters=(
+            f"tap layer {config['tap_layer']}, {config['num_blocks']} own blocks, tap norm {config['tap_norm']!r}; "
+            f"{grid.train_texts} training texts (seeded sample) × {grid.epochs} epochs, batch {grid.batch_size}; "
+            f"AdamW (0.9, 0.95), eps 1e-12, wd 0.01, clip 2.0; W at lr {grid.head_learning_rate:g}, the baseline "
+            f"at {grid.baseline_learning_rate:g}, blocks and norm at {grid.learning_rate:g}, 30 warm-up steps then "
+            f"linear decay; max length {64 if toxicity else 48} tokens; seed {grid.seed}, fp32, CPU"
+        ),
+        num_layers=config["tap_layer"], num_blocks=config["num_blocks"], lora_r=None, delta_mb=delta_mb(out),
+        per_source=per_source,
+    )  # fmt: skip
+    card.save(out / "README.md")
+    Path("model_cards").mkdir(exist_ok=True)
+    card.save(Path("model_cards") / f"{name}.md")
+
+
 def write_card(name: str, a: ShipArguments, out: Path, per_source: dict) -> None:
     """Render the card of the shipped model in `out` (and its copy in `model_cards/`)."""
+    if name in TRUNK_NAMES:
+        return write_trunk_card(name, a, out, per_source)
     _, model_args, data_args, training_args = recipe(name, a)
     stacked = name.endswith("sentiment")  # stage 2's adapters stacked on stage 1's
     steps = a.sentiment_steps if stacked else a.toxicity_steps
@@ -141,8 +211,8 @@ def delta_mb(out: Path) -> float:
 def evaluate_and_document(name: str, a: ShipArguments) -> None:
     """Re-evaluate the shipped model in `SHIPPED_DIR / name` and re-render its card."""
     out = SHIPPED_DIR / name
-    _, _, data_args, _ = recipe(name, a)
-    per_source = evaluate_shipped(name, a, data_args.max_length)
+    max_length = 64 if name.endswith("toxicity") else 48  # as trained (`recipe`, `trunk_grid`)
+    per_source = evaluate_shipped(name, a, max_length)
     (out / "per_source.json").write_text(json.dumps(per_source, indent=2) + "\n")
     write_card(name, a, out, per_source)
 
@@ -164,13 +234,14 @@ def ship(name: str, a: ShipArguments) -> None:
 
 def update_readme(path: str) -> None:
     """Re-render the README's shipped-model tables from every shipped model's `per_source.json`."""
-    names = ["rad-q-toxicity", "rad-v-toxicity", "rad-q-sentiment", "rad-v-sentiment"]
     shipped = {
         n: {
             "per_source": json.loads((SHIPPED_DIR / n / "per_source.json").read_text()),
             "delta_mb": delta_mb(SHIPPED_DIR / n),
+            "method": n.rsplit("-", 1)[0],
         }
-        for n in names
+        for n in NAMES
+        if (SHIPPED_DIR / n / "per_source.json").is_file()
     }
     readme = Path(path)
     readme.write_text(replace_between(readme.read_text(), "shipped-table", shipped_tables(shipped)))
@@ -178,11 +249,7 @@ def update_readme(path: str) -> None:
 
 if __name__ == "__main__":
     (args,) = HfArgumentParser(ShipArguments).parse_args_into_dataclasses()
-    names = (
-        args.only.split(",")
-        if args.only
-        else ["rad-q-toxicity", "rad-v-toxicity", "rad-q-sentiment", "rad-v-sentiment"]
-    )
-    for model_name in names:
-        (evaluate_and_document if args.refresh_cards else ship)(model_name, args)
+    for model_name in args.only.split(",") if args.only else NAMES:
+        build = ship_trunk if model_name in TRUNK_NAMES else ship
+        (evaluate_and_document if args.refresh_cards else build)(model_name, args)
     update_readme(args.readme)

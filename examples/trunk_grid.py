@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 
 from rad_q_hf import RadQTrunkForRewardModeling
-from rad_q_hf.data import load_sentiment, load_toxicity
+from rad_q_hf.data import load_sentiment, load_toxicity, with_validation
 from rad_q_hf.embedded import resolve
 from rad_q_hf.modeling_rad_v import cumulative_mse_loss
 
@@ -35,6 +35,10 @@ class GridArguments:
     tap_norm: str = field(default="lm")
     train_texts: int = field(default=1024)
     eval_texts: int = field(default=1000, metadata={"help": "The first N of the held-out sample (CPU budget)."})
+    validation_percent: float = field(
+        default=5.0,
+        metadata={"help": "Carve this share of train (salted hash) as the validation split the cells are picked on."},
+    )
     epochs: int = field(default=3)
     batch_size: int = field(default=32)
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak rate of the norm and the own blocks."})
@@ -44,6 +48,9 @@ class GridArguments:
     seed: int = field(default=1)
     reference: bool = field(default=False, metadata={"help": "Also score the shipped rad-q-<task> on the same texts."})
     plot: str | None = field(default=None, metadata={"help": "Only plot: comma-separated grid.json files."})
+    save_dir: str | None = field(
+        default=None, metadata={"help": "Save each cell's model to <save_dir>/<task>-L<L>-b<n>."}
+    )
 
 
 def batches_of(ds, tokenizer, max_length, batch_size):
@@ -67,8 +74,10 @@ def batches_of(ds, tokenizer, max_length, batch_size):
 @torch.no_grad()
 def tapped_states(lm, batches, layers):
     """{L: [(B, T, d) fp16 per batch]}: one LM forward up to max(layers) per batch, every tapped layer kept."""
+    from tqdm.auto import tqdm
+
     states = {L: [] for L in layers}
-    for ids, mask, _, _ in batches:
+    for ids, mask, _, _ in tqdm(batches, desc="LM states", mininterval=10):
         hs = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
         for L in layers:
             states[L].append(hs[L].half())
@@ -179,7 +188,6 @@ def main(args: GridArguments):
     if args.plot:
         plot(args.plot.split(","), str(Path(args.out) / "quality.png"))
         return
-    torch.set_num_threads(1)
     path = resolve("smollm2-135m")
     tokenizer = AutoTokenizer.from_pretrained(path)
     lm = AutoModelForCausalLM.from_pretrained(path).eval()
@@ -191,6 +199,9 @@ def main(args: GridArguments):
     for task in args.tasks.split(","):
         toxicity = task == "toxicity"
         data = load_toxicity("offline", args.data_dir) if toxicity else load_sentiment("sst2", args.data_dir)
+        data = with_validation(data, args.validation_percent)
+        validation = data["validation"].shuffle(seed=1)
+        validation = validation.select(range(min(args.eval_texts, len(validation))))
         train = data["train"].shuffle(seed=args.seed).select(range(min(args.train_texts, len(data["train"]))))
         test = data["test"].shuffle(seed=1)
         test = test.select(range(1000)) if len(test) > 1000 else test  # the trainer's held-out sample
@@ -198,6 +209,7 @@ def main(args: GridArguments):
         max_length = 64 if toxicity else 48  # as the shipped models
         tb = batches_of(train, tokenizer, max_length, args.batch_size)
         eb = batches_of(test, tokenizer, max_length, 64)
+        vb = batches_of(validation, tokenizer, max_length, 64)
         if args.reference and f"{task}/reference" not in results:
             results[f"{task}/reference"] = shipped_reference(task, test, tokenizer, max_length)
             print(f"{task}/reference", json.dumps(results[f"{task}/reference"]), flush=True)
@@ -205,15 +217,17 @@ def main(args: GridArguments):
         if all(f"{task}/L{L}/b{n}" in results for L in layers for n in blocks):
             continue
         t0 = time.perf_counter()
-        cached = Path(args.cache_dir or "/nonexistent") / f"{task}-{len(train)}-{len(test)}-{args.layers}.pt"
+        name = f"{task}-{len(train)}-{len(validation)}-{len(test)}-{args.layers}.pt"
+        cached = Path(args.cache_dir or "/nonexistent") / name
         if cached.exists():
-            ts, es = torch.load(cached)
+            ts, vs, es = torch.load(cached)
         else:
-            ts, es = tapped_states(lm, tb, layers), tapped_states(lm, eb, layers)
+            ts, vs, es = (tapped_states(lm, b, layers) for b in (tb, vb, eb))
             if args.cache_dir:
                 cached.parent.mkdir(parents=True, exist_ok=True)
-                torch.save((ts, es), cached)
-        print(f"{task}: states of {len(train)} + {len(test)} texts in {time.perf_counter() - t0:.0f}s", flush=True)
+                torch.save((ts, vs, es), cached)
+        n_texts = f"{len(train)} + {len(validation)} + {len(test)}"
+        print(f"{task}: states of {n_texts} texts in {time.perf_counter() - t0:.0f}s", flush=True)
         for L in layers:
             for n in blocks:
                 key = f"{task}/L{L}/b{n}"
@@ -221,7 +235,10 @@ def main(args: GridArguments):
                     continue
                 rm, tok_s, steps = train_cell(lm, L, n, tb, ts, args)
                 metrics = evaluate(rm, L, eb, es, toxicity)
+                metrics["validation"] = evaluate(rm, L, vb, vs, toxicity)
                 params = sum(p.numel() for p in rm.parameters())
+                if args.save_dir:
+                    rm.save_pretrained(Path(args.save_dir) / f"{task}-L{L}-b{n}")
                 results[key] = metrics | {"steps": steps, "train_tokens_per_s": tok_s, "params": params}
                 print(key, json.dumps(results[key]), flush=True)
                 results_file.write_text(json.dumps(results, indent=2) + "\n")

@@ -12,6 +12,9 @@ API loads it offline (tests/test_shipped.py):
     >>> rad_q_hf.shipped_models()
     ['rad-q-sentiment', 'rad-q-toxicity', 'rad-v-sentiment', 'rad-v-toxicity']
 
+A RAD-Q-on-the-trunk model (`rad_q_trunk`) has no backbone of its own: its delta is its whole (small) state — norm,
+own blocks, head — with `"lora": null`, and assembling it points its config at the embedded LM it reads.
+
 A model trained at full size (no LoRA) is saved and loaded as an ordinary full checkpoint instead.
 """
 
@@ -60,6 +63,10 @@ def export_delta(
     from .training.adapters import ADAPTER_DIR, ADAPTER_WEIGHTS_NAME, load_adapter_state, stack_adapters
 
     trained_dir, out_dir = Path(trained_dir), Path(out_dir)
+    if _model_type(trained_dir) == "rad_q_trunk":
+        if earlier_stages:
+            raise ValueError("A trunk reward model has no adapters to stack: export its last stage alone.")
+        return _export_trunk(trained_dir, out_dir, base)
     stages = [Path(p) for p in earlier_stages] + [trained_dir]
     for stage in stages:
         for name in ("config.json", f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS_NAME}"):
@@ -99,6 +106,26 @@ def default_checkpoint(name: str, cache_dir: str | os.PathLike | None = None) ->
     return folder
 
 
+def _model_type(folder: Path) -> str | None:
+    config = folder / "config.json"
+    return json.loads(config.read_text()).get("model_type") if config.is_file() else None
+
+
+def _export_trunk(trained_dir: Path, out_dir: Path, base: str) -> Path:
+    """A trunk model's delta: its whole state (norm, own blocks, head; never the LM's weights) in fp16."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(trained_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, out_dir / DELTA_WEIGHTS)
+    meta = {"base": base, "lora": None, "dtype": "float16"}
+    (out_dir / DELTA_META).write_text(json.dumps(meta, indent=2) + "\n")
+    model.config.lm_name_or_path = base  # where the LM comes from on the user's machine, not this one's path
+    model.config.to_json_file(out_dir / "config.json")
+    return out_dir
+
+
 def _assemble(src: Path, out_dir: Path) -> None:
     from peft import LoraConfig
     from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -109,6 +136,15 @@ def _assemble(src: Path, out_dir: Path) -> None:
     base = resolve(meta["base"]) if is_embedded(meta["base"]) else meta["base"]
     config = AutoConfig.from_pretrained(src)
     model_cls = AutoModel._model_mapping[type(config)]  # the reward-model class registered for this config
+    if meta["lora"] is None:  # a trunk model: the delta is all of it; it reads the (embedded) LM named in `base`
+        config.lm_name_or_path = base
+        model = model_cls(config)
+        delta = load_file(src / DELTA_WEIGHTS)
+        model.load_state_dict({k: v.float() for k, v in delta.items()}, strict=True)
+        model.save_pretrained(out_dir)
+        AutoTokenizer.from_pretrained(base).save_pretrained(out_dir)
+        _copy_card(src, out_dir)
+        return
     model = model_cls.from_config_and_backbone(config, base)
     apply_lora(model, LoraConfig(**meta["lora"]))
     delta = load_file(src / DELTA_WEIGHTS)
@@ -121,6 +157,10 @@ def _assemble(src: Path, out_dir: Path) -> None:
     model.load_state_dict({k: v.float() for k, v in delta.items()}, strict=False)
     model.save_pretrained(out_dir, state_dict=merged_state_dict(model))
     AutoTokenizer.from_pretrained(base).save_pretrained(out_dir)
+    _copy_card(src, out_dir)
+
+
+def _copy_card(src: Path, out_dir: Path) -> None:
     for extra in ("README.md", "eval_results.json"):
         if (src / extra).is_file():
             shutil.copy(src / extra, out_dir / extra)

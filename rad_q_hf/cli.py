@@ -18,7 +18,7 @@ from transformers import HfArgumentParser
 from .evaluation.config import TASKS  # task -> (shipped reward model per method, label, direction)
 from .scoring import score_texts
 
-METHODS = ("rad-q", "rad-v", "none")
+METHODS = ("rad-q", "rad-v", "rad-q-trunk", "none")
 
 
 class CLIError(Exception):
@@ -32,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="Continue a prompt, steered by a reward model.")
     gen.add_argument("prompt", help="The text to continue.")
     gen.add_argument("--task", choices=sorted(TASKS), default="detox", help="What to steer towards (default detox).")
-    gen.add_argument("--method", choices=METHODS, default="rad-q", help="rad-q, rad-v, or none (unguided).")
+    gen.add_argument(
+        "--method",
+        choices=METHODS,
+        default="rad-q",
+        help="rad-q, rad-v, rad-q-trunk (RAD-Q on the LM's own hidden states), or none (unguided).",
+    )
     gen.add_argument("--beta", type=float, default=10.0, help="Reward weight β (default 10).")
     gen.add_argument("--top-k", "--top_k", type=int, default=20, help="Candidates per step (default 20).")
     gen.add_argument(
@@ -123,13 +128,13 @@ def generate(args) -> None:
     if not args.prompt.strip():
         raise CLIError('The prompt is empty: give some text to continue, e.g. rad-q generate "The movie was".')
     _check_device(args.device)
+    tokenizer = load_tokenizer(args.lm)
+    lm = load_checkpoint(AutoModelForCausalLM.from_pretrained, lm_path(args.lm), args.lm).to(args.device).eval()
     reward_model = None
     if args.method != "none" or args.compare:
         method = "rad-q" if args.method == "none" else args.method
         name = args.reward_model or TASKS[args.task][0][method]
-        reward_model = load_reward_model(name, method, args.device)
-    tokenizer = load_tokenizer(args.lm)
-    lm = load_checkpoint(AutoModelForCausalLM.from_pretrained, lm_path(args.lm), args.lm).to(args.device).eval()
+        reward_model = load_reward_model(name, method, args.device, lm)  # a trunk model is checked against the LM
     batch = tokenizer([args.prompt] * args.num_samples, return_tensors="pt").to(args.device)
     if batch["input_ids"].shape[1] == 0:
         raise CLIError(f"The prompt {args.prompt!r} has no tokens for this LM's tokenizer; give some text.")
@@ -169,11 +174,12 @@ def _sample(args, lm, tokenizer, batch, reward_model) -> list[str]:
     import torch
 
     from .decoding import RADQ, RADV
+    from .decoding_trunk import RADQTrunk
 
     processors = []
     if reward_model is not None:
         _, label, direction = TASKS[args.task]
-        cls = RADQ if args.method == "rad-q" else RADV
+        cls = {"rad-q": RADQ, "rad-v": RADV, "rad-q-trunk": RADQTrunk}[args.method]
         processors = [cls(reward_model, beta=args.beta, top_k=args.top_k, label=label, direction=direction,
                           attention_mask=batch["attention_mask"], tokenizer=tokenizer)]  # fmt: skip
     torch.manual_seed(args.seed)

@@ -70,7 +70,7 @@ def shipped_tables(shipped: dict[str, dict]) -> str:
         m = info["per_source"]["all"]
         baseline = f"{_auc(m['baseline_auc'])} ({m['baseline']})" if "baseline_auc" in m else "–"
         lines.append(
-            f"| `{name}` | {'RAD-Q' if name.startswith('rad-q') else 'RAD-V'} | {m['n']} | {m['accuracy']:.3f} "
+            f"| `{name}` | {METHOD_TITLES[info.get('method', name.rsplit('-', 1)[0])]} | {m['n']} | {m['accuracy']:.3f} "
             f"| {m['mse']:.3f} | {m['label_variance']:.3f} | {_auc(m.get('auc'))} | {baseline} | {info['delta_mb']:.1f} |"
         )
     toxicity = {name: info["per_source"] for name, info in shipped.items() if name.endswith("toxicity")}
@@ -102,12 +102,28 @@ def replace_between(text: str, marker: str, content: str) -> str:
     return f"{head}{start}\n{content}\n{end}{rest.split(end, 1)[1]}"
 
 
+METHOD_TITLES = {"rad-q": "RAD-Q", "rad-v": "RAD-V", "rad-q-trunk": "RAD-Q (LM's trunk)"}
+
+
 def render_card(name: str, checkpoint_dir: str | Path, *, task: str, method: str, data: str, command: str,
-                hyperparameters: str, num_layers: int, lora_r: int | str, delta_mb: float,
-                per_source: dict[str, dict] | None = None) -> ModelCard:  # fmt: skip
-    """The card of a shipped reward model, with the metrics of `checkpoint_dir/eval_results.json`."""
+                hyperparameters: str, num_layers: int, lora_r: int | str | None, delta_mb: float,
+                per_source: dict[str, dict] | None = None, num_blocks: int = 0) -> ModelCard:  # fmt: skip
+    """The card of a shipped reward model, with the metrics of `checkpoint_dir/eval_results.json`.
+
+    For `method="rad-q-trunk"`, `num_layers` is the tap layer L of the LM and `num_blocks` the model's own blocks.
+    """
     metrics = json.loads((Path(checkpoint_dir) / "eval_results.json").read_text())
     toxicity = task == "detox"
+    trunk = method == "rad-q-trunk"
+    if trunk:
+        blocks = f"{num_blocks} own transformer block{'s' if num_blocks != 1 else ''}"
+        architecture = (
+            "It has no backbone of its own: it reads SmolLM2-135M-Instruct's own hidden states at layer "
+            f"{num_layers} (captured while that LM generates, so it steers only that LM), then a norm, {blocks} and "
+            "RAD-Q's head over the LM's token embeddings"
+        )
+    else:
+        architecture = f"Its backbone is the first {num_layers} layers of SmolLM2-135M-Instruct with LoRA adapters (rank {lora_r})"
     card_data = ModelCardData(
         language="en",
         license="apache-2.0",
@@ -121,8 +137,14 @@ def render_card(name: str, checkpoint_dir: str | Path, *, task: str, method: str
         name=name,
         repo_url=REPO_URL,
         method=method,
-        method_long="RAD-Q (low-rank head)" if method == "rad-q" else "RAD-V (value head)",
-        processor="RADQ" if method == "rad-q" else "RADV",
+        method_long={"rad-q": "RAD-Q (low-rank head)", "rad-v": "RAD-V (value head)"}.get(
+            method, "RAD-Q on the LM's own trunk"
+        ),
+        processor={"rad-q": "RADQ", "rad-v": "RADV"}.get(method, "RADQTrunk"),
+        processor_module="rad_q_hf.decoding_trunk" if trunk else "rad_q_hf",
+        architecture=architecture,
+        attach=".attach_lm(lm)  # it reads this LM's own hidden states" if trunk else "",
+        delta_contents="its norm, own blocks and head; never the LM's weights" if trunk else "LoRA adapters and heads",
         purpose="it scores how toxic a continuation is, to steer generation away from toxicity."
         if toxicity
         else "it scores how positive a text is, to steer generation towards positive or negative sentiment.",
@@ -138,10 +160,15 @@ def render_card(name: str, checkpoint_dir: str | Path, *, task: str, method: str
         label_meaning="1 = toxic" if toxicity else "1 = positive",
         direction="minimize" if toxicity else "maximize",
         task=task,
-        method_training="RAD-Q on responses only (reward of each observed next token after BOS + prefix), "
-        "cumulative length-weighted MSE"
-        if method == "rad-q"
-        else "RAD-V, value of every prefix regressed on the text's label, cumulative length-weighted MSE",
+        method_training={
+            "rad-q": "RAD-Q on responses only (reward of each observed next token after BOS + prefix), cumulative "
+            "length-weighted MSE",
+            "rad-v": "RAD-V, value of every prefix regressed on the text's label, cumulative length-weighted MSE",
+        }.get(
+            method,
+            "RAD-Q on responses only (the reward of token x_t from the LM's layer state at t − 1, as the LM sees "
+            "the text, without BOS; the first token unscored), cumulative length-weighted MSE; the LM stays frozen",
+        ),
         data=data,
         hyperparameters=hyperparameters,
         command=command,

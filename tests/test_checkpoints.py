@@ -60,6 +60,39 @@ def test_delta_round_trip(model_cls, tiny_lm, tmp_path):
     assert out.shape == (1, ids.shape[1] + 2)
 
 
+@pytest.mark.parametrize("num_blocks", [0, 1])
+def test_trunk_delta_round_trip_reads_the_named_lm(num_blocks, tiny_lm, tmp_path):
+    """A trunk model ships whole (fp16) and assembles pointing at its LM, whose fingerprint it still checks."""
+    from rad_q_hf import RadQTrunkForRewardModeling
+
+    lm = LlamaForCausalLM.from_pretrained(tiny_lm).eval()
+    model = RadQTrunkForRewardModeling.from_lm(lm, tap_layer=1, num_blocks=num_blocks, labels=["toxicity"]).eval()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # as if trained: W = 0 would hide a head that failed to load
+    model.config.lm_name_or_path = "/the/training/machine/path"
+    model.save_pretrained(tmp_path / "run")
+    with pytest.raises(ValueError, match="no adapters to stack"):
+        export_delta(tmp_path / "run", tmp_path / "bad", base=str(tiny_lm), earlier_stages=[tmp_path / "run"])
+    delta = export_delta(tmp_path / "run", tmp_path / "delta", base=str(tiny_lm))
+    assert json.loads((delta / "delta.json").read_text())["lora"] is None
+    assert set(load_file(delta / "delta.safetensors")) == set(model.state_dict())  # the top only, never the LM
+    assert json.loads((delta / "config.json").read_text())["lm_name_or_path"] == str(tiny_lm)
+
+    path = default_checkpoint(str(delta), cache_dir=tmp_path / "cache")
+    loaded = AutoModel.from_pretrained(path).eval()  # no lm=: loads the LM named in its config on first use
+    assert type(loaded) is RadQTrunkForRewardModeling
+    ids = torch.tensor([[0, 5, 6, 7, 8]])
+    with torch.no_grad():
+        expected = model(ids).rewards
+        assert expected.abs().max() > 1e-3
+        torch.testing.assert_close(loaded(ids).rewards, expected, rtol=1e-2, atol=2e-3)  # fp16 delta
+    other = LlamaForCausalLM(lm.config)  # same shapes, other weights
+    with pytest.raises(ValueError, match="not those of"):
+        loaded.attach_lm(other)
+
+
 def test_corrupt_or_missing_delta_errors(tiny_lm, tmp_path):
     with pytest.raises(FileNotFoundError, match="No shipped reward model 'nope'"):
         default_checkpoint("nope")

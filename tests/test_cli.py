@@ -9,7 +9,7 @@ from conftest import CORPUS, build_reward_model, llama_config
 from test_tokenizer_bridge import byte_level_bpe
 from transformers import AutoModel, AutoTokenizer, GPT2Config, LlamaForCausalLM
 
-from rad_q_hf import RadQConfig, RadQForRewardModeling
+from rad_q_hf import RadQConfig, RadQForRewardModeling, RadQTrunkForRewardModeling
 from rad_q_hf.cli import main
 from rad_q_hf.scoring import score_texts
 
@@ -22,6 +22,10 @@ def models(tmp_path_factory, tokenizer):
     tokenizer.save_pretrained(root / "lm")
     build_reward_model("rad_q", "llama", len(tokenizer), labels=("toxicity",)).save_pretrained(root / "rad-q")
     build_reward_model("rad_v", "llama", len(tokenizer), labels=("toxicity",)).save_pretrained(root / "rad-v")
+    trunk = RadQTrunkForRewardModeling.from_lm(LlamaForCausalLM.from_pretrained(root / "lm"), 1, 1, ["toxicity"])
+    with torch.no_grad():
+        trunk.reward_head.weight.normal_(0, 0.5)  # W = 0 at init: nothing to steer or score with
+    trunk.save_pretrained(root / "rad-q-trunk")  # reads the LM at root / "lm" (its config names it)
     # A reward model with a tokenizer of its own (another vocabulary): the LM's text reaches it through text.
     other_tok = byte_level_bpe(CORPUS[:6] + ["a cross tokenizer"], 90)
     build_reward_model("rad_q", "gpt2", len(other_tok), labels=("toxicity",)).save_pretrained(root / "rad-q-cross")
@@ -40,7 +44,7 @@ def run(capsys, *argv) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("method", ["rad-q", "rad-v"])
+@pytest.mark.parametrize("method", ["rad-q", "rad-v", "rad-q-trunk"])
 def test_generate_guided_and_compare(method, models, tokenizer, capsys):
     common = ["--lm", str(models / "lm"), "--reward-model", str(models / method), "--method", method,
               "--num-samples", "2", "--max-new-tokens", "4", "--top-k", "5"]  # fmt: skip

@@ -511,3 +511,70 @@ def test_evaluate_ctrl_c_says_how_to_resume(models, tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert f"resuming in {tmp_path / 'run'}: prompts already sampled: none 2/5" in err
     assert "loading the LM" in err
+
+
+@pytest.fixture(scope="module")
+def trunk_model(models):
+    """A trunk reward model of the tiny LM (perturbed: W = 0 at init would not steer)."""
+    from rad_q_hf import RadQTrunkForRewardModeling
+
+    lm = LlamaForCausalLM.from_pretrained(models / "lm")
+    torch.manual_seed(2)
+    rm = RadQTrunkForRewardModeling.from_lm(lm, tap_layer=1, num_blocks=1, labels=["toxicity"])
+    with torch.no_grad():
+        rm.reward_head.weight.normal_(0, 0.5)
+    rm.save_pretrained(models / "trunk")
+    return models / "trunk"
+
+
+def test_trunk_method_runs_reports_and_matches_its_processor(models, trunk_model, tmp_path):
+    """`rad-q-trunk` steers the run's own LM: its samples are those of generate with a RADQTrunk processor."""
+    from transformers import AutoModel
+
+    from rad_q_hf.decoding_trunk import RADQTrunk
+    from rad_q_hf.evaluation.generation import sample_batch
+    from rad_q_hf.evaluation.models import load_lm, load_reward_model, load_tokenizer
+
+    config = tiny_config(models, tmp_path / "run", methods=("none", "rad-q-trunk"), betas=(8.0,),
+                         rad_q_trunk_model=str(trunk_model), fluency_lm="none")  # fmt: skip
+    report = run_evaluation(config)
+    assert list(report["results"]) == ["none", "rad-q-trunk_b8"]
+    assert "| RAD-Q (LM's trunk) | 8 |" in (tmp_path / "run" / "results.md").read_text()
+    assert sorted(report["model_fingerprints"]) == ["lm", "rad-q-trunk"]
+    steered, unguided = merged(tmp_path / "run", "rad-q-trunk_b8"), merged(tmp_path / "run", "none")
+    assert steered != unguided
+
+    # the same prompt batch by hand: the LM, the trunk model attached to it, a RADQTrunk processor
+    lm, tokenizer = load_lm(config.lm), load_tokenizer(config.lm)
+    rm = AutoModel.from_pretrained(trunk_model).attach_lm(lm).eval()
+    prompts = [r["prompt"] for r in steered[:2]]
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    steer = RADQTrunk(rm, beta=8.0, top_k=config.top_k, label=0, direction="minimize",
+                      attention_mask=enc["attention_mask"])  # fmt: skip
+    torch.manual_seed(config.seed * 1_000_003 + 0)
+    with torch.no_grad():
+        out = lm.generate(**enc, do_sample=True, top_k=config.top_k, top_p=1.0, temperature=1.0,
+                          max_new_tokens=config.max_new_tokens, num_return_sequences=config.samples_per_prompt,
+                          logits_processor=[steer], pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    steer.close()
+    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert [c for r in steered[:2] for c in r["continuations"]] == texts
+    # and sample_batch with the reward model as the run loads it gives them too
+    loaded = load_reward_model(str(trunk_model), "rad-q-trunk", lm=lm)
+    setting = config.settings()[1]
+    assert sample_batch(setting, prompts, lm, tokenizer, loaded, config, 0)[0] == texts
+
+
+def test_trunk_method_refuses_another_lm(models, trunk_model, tmp_path, capsys):
+    argv = ["evaluate", "--method", "rad-q-trunk", "--num-prompts", "1", "--samples-per-prompt", "1",
+            "--max-new-tokens", "2", "--prompts", str(models / "prompts.jsonl"), "--lm", str(models / "judge"),
+            "--rad-q-trunk-model", str(trunk_model), "--fluency-lm", "none", "--output", str(tmp_path / "e")]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "rad-q: error:" in err and "not those of" in err and "--method rad-q or rad-v" in err, err
+    with pytest.raises(SystemExit):  # a separate RAD-Q model is not a trunk model, and the reverse
+        main(argv[:-8] + ["--lm", str(models / "lm"), "--rad-q-trunk-model", str(models / "rad-q"),
+                          "--fluency-lm", "none", "--output", str(tmp_path / "e2")])  # fmt: skip
+    assert "is a rad_q model; it does not fit --method rad-q-trunk" in capsys.readouterr().err

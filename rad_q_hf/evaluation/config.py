@@ -9,14 +9,28 @@ from .prompts import DEFAULT_PROMPTS
 
 # task -> (shipped reward model per method, label, direction); `rad-q generate` uses the same table
 TASKS = {
-    "detox": ({"rad-q": "rad-q-toxicity", "rad-v": "rad-v-toxicity"}, 0, "minimize"),
-    "positive": ({"rad-q": "rad-q-sentiment", "rad-v": "rad-v-sentiment"}, 0, "maximize"),
-    "negative": ({"rad-q": "rad-q-sentiment", "rad-v": "rad-v-sentiment"}, 0, "minimize"),
+    "detox": (
+        {"rad-q": "rad-q-toxicity", "rad-v": "rad-v-toxicity", "rad-q-trunk": "rad-q-trunk-toxicity"},
+        0,
+        "minimize",
+    ),
+    "positive": (
+        {"rad-q": "rad-q-sentiment", "rad-v": "rad-v-sentiment", "rad-q-trunk": "rad-q-trunk-sentiment"},
+        0,
+        "maximize",
+    ),
+    "negative": (
+        {"rad-q": "rad-q-sentiment", "rad-v": "rad-v-sentiment", "rad-q-trunk": "rad-q-trunk-sentiment"},
+        0,
+        "minimize",
+    ),
 }
-METHODS = ("none", "rad-q", "rad-v")
+METHODS = ("none", "rad-q", "rad-v", "rad-q-trunk")
+# method -> the reward model's `model_type` (rad-q-trunk: RAD-Q on the steered LM's own hidden states, issue 15)
+MODEL_TYPES = {"rad-q": "rad_q", "rad-v": "rad_v", "rad-q-trunk": "rad_q_trunk"}
 # fields that shape the samples: a re-run into the same folder must keep them (num_prompts may grow, β may be added)
 SAMPLING_FIELDS = ("task", "samples_per_prompt", "max_new_tokens", "top_k", "prompts", "lm", "rad_q_model",
-                   "rad_v_model", "prompts_per_batch", "seed")  # fmt: skip
+                   "rad_v_model", "rad_q_trunk_model", "prompts_per_batch", "seed")  # fmt: skip
 
 
 class EvaluationError(ValueError):
@@ -49,7 +63,10 @@ class EvaluationConfig:
     )
     methods: list[str] = field(
         default_factory=lambda: list(METHODS),
-        metadata={"aliases": ["--method"], "help": "Methods to run: some of none, rad-q, rad-v (or comma-separated)."},
+        metadata={
+            "aliases": ["--method"],
+            "help": "Methods to run: some of none, rad-q, rad-v, rad-q-trunk (or comma-separated).",
+        },
     )
     betas: list[float] = field(
         default_factory=lambda: [10.0],
@@ -69,6 +86,10 @@ class EvaluationConfig:
     )
     rad_v_model: str | None = field(
         default=None, metadata={"help": "RAD-V reward model (default: the task's shipped one)."}
+    )
+    rad_q_trunk_model: str | None = field(
+        default=None,
+        metadata={"help": "RAD-Q-on-the-trunk reward model (default: the task's shipped one; it needs its own LM)."},
     )
     toxicity_judge: str = field(
         default="profanity-check", metadata={"help": "profanity-check | perspective | hf:<model>[#label]."}
@@ -137,4 +158,4 @@ class Setting:
         return "none" if self.method == "none" else f"{self.method}_b{self.beta:g}"
 
 
-__all__ = ["METHODS", "SAMPLING_FIELDS", "TASKS", "EvaluationConfig", "EvaluationError", "Setting"]
+__all__ = ["METHODS", "MODEL_TYPES", "SAMPLING_FIELDS", "TASKS", "EvaluationConfig", "EvaluationError", "Setting"]

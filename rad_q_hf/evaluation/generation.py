@@ -46,12 +46,13 @@ def sample_batch(setting: Setting, batch_prompts: list[str], lm, tokenizer, rewa
                  batch_index: int) -> tuple[list[str], float]:  # fmt: skip
     """`samples_per_prompt` continuations of each prompt (prompt-major), and the seconds `generate` took."""
     from ..decoding import RADQ, RADV
+    from ..decoding_trunk import RADQTrunk
 
     enc = tokenizer(batch_prompts, return_tensors="pt", padding=True).to(lm.device)  # left padded
     processors = []
     if setting.method != "none":
         _, label, direction = TASKS[config.task]
-        cls = RADQ if setting.method == "rad-q" else RADV
+        cls = {"rad-q": RADQ, "rad-v": RADV, "rad-q-trunk": RADQTrunk}[setting.method]
         processors = [cls(reward_model, beta=setting.beta, top_k=config.top_k, label=label, direction=direction,
                           attention_mask=enc["attention_mask"], tokenizer=tokenizer)]  # fmt: skip
     torch.manual_seed(config.seed * 1_000_003 + batch_index)

@@ -4,21 +4,31 @@ fingerprints that tie samples on disk to the weights that drew them."""
 import hashlib
 from pathlib import Path
 
-from .config import EvaluationError
+from .config import MODEL_TYPES, EvaluationError
 
 
-def load_reward_model(name: str, method: str, device: str = "cpu"):
-    """A shipped reward model by name (assembled offline), or a folder / Hub id; checked against `method`."""
+def load_reward_model(name: str, method: str, device: str = "cpu", lm=None):
+    """A shipped reward model by name (assembled offline), or a folder / Hub id; checked against `method`.
+
+    A trunk reward model (`rad-q-trunk`) reads the steered LM's own hidden states: `lm` is attached to it, and an LM
+    other than the one it was trained on is an `EvaluationError`.
+    """
     from transformers import AutoModel
 
     from ..checkpoints import load_checkpoint, reward_model_path
 
     model = load_checkpoint(AutoModel.from_pretrained, reward_model_path(name), name).to(device).eval()
-    kind = {"rad_q": "rad-q", "rad_v": "rad-v"}.get(model.config.model_type)
-    if kind != method:
+    if MODEL_TYPES.get(method) != model.config.model_type:
         raise EvaluationError(
             f"Reward model {name} is a {model.config.model_type} model; it does not fit --method {method}."
         )
+    if model.config.model_type == "rad_q_trunk" and lm is not None:
+        try:
+            model.attach_lm(lm)
+        except ValueError as error:
+            raise EvaluationError(
+                f"{error} Use --method rad-q or rad-v to steer this LM, or the LM {name} was trained on."
+            ) from None
     return model
 
 

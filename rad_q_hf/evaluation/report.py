@@ -19,6 +19,9 @@ COLUMNS = {  # metric -> column title, shown when present
 }
 
 
+METHOD_TITLES = {"none": "unguided", "rad-q": "RAD-Q", "rad-v": "RAD-V", "rad-q-trunk": "RAD-Q (LM's trunk)"}
+
+
 def markdown_table(results: dict) -> str:
     """One row per setting (the order of `results`), the columns of `COLUMNS` that any setting has; ± is the
     standard error over prompts."""
@@ -26,7 +29,7 @@ def markdown_table(results: dict) -> str:
     lines = ["| method | β | " + " | ".join(COLUMNS[c] for c in columns) + " |"]
     lines.append("|---|---:|" + "---:|" * len(columns))
     for metrics in results.values():
-        method = {"none": "unguided", "rad-q": "RAD-Q", "rad-v": "RAD-V"}[metrics["method"]]
+        method = METHOD_TITLES[metrics["method"]]
         beta = "–" if metrics["beta"] is None else f"{metrics['beta']:g}"
         cells = [_fmt(c, metrics.get(c)) + _se(metrics.get(f"{c}_se")) for c in columns]
         lines.append(f"| {method} | {beta} | " + " | ".join(cells) + " |")
@@ -55,10 +58,10 @@ def plot_tradeoff(results: dict, metric: str, path: str, title: str = "") -> Non
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for method, style in (("rad-q", "o-"), ("rad-v", "s--")):
+    for method, style in (("rad-q", "o-"), ("rad-v", "s--"), ("rad-q-trunk", "^:")):
         points = sorted((m["beta"], m["perplexity"], m[metric]) for m in results.values() if m["method"] == method)
         if points:
-            ax.plot([p[1] for p in points], [p[2] for p in points], style, label=method.upper())
+            ax.plot([p[1] for p in points], [p[2] for p in points], style, label=METHOD_TITLES[method])
             for beta, x, y in points:
                 ax.annotate(f"β={beta:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     for m in results.values():

@@ -62,11 +62,11 @@ def generate_all(config: EvaluationConfig, todo: list[Setting], prompts: list[st
     say(state, f"loading the LM {config.lm}")
     tokenizer = load_tokenizer(config.lm)
     # reward models load (and are checked) before any sampling: a wrong one should not surface an hour in
+    lm = load_lm(config.lm, config.device)  # first: a trunk reward model is checked against it
     reward_models = {}
     for method in dict.fromkeys(s.method for s in todo if s.method != "none"):
         say(state, f"loading the {method} reward model {config.reward_model_name(method)}")
-        reward_models[method] = load_reward_model(config.reward_model_name(method), method, config.device)
-    lm = load_lm(config.lm, config.device)
+        reward_models[method] = load_reward_model(config.reward_model_name(method), method, config.device, lm)
     for setting in todo:
         generate_setting(setting, prompts, lm, tokenizer, reward_models.get(setting.method), config, state, on_batch)
 
