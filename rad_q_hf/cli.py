@@ -121,7 +121,7 @@ def generate(args) -> None:
     from transformers import AutoModelForCausalLM
 
     from .checkpoints import lm_path, load_checkpoint
-    from .evaluation.models import load_reward_model, load_tokenizer
+    from .evaluation.models import load_reward_model, load_tokenizer, reward_tokenizer
 
     if args.num_samples < 1 or args.max_new_tokens < 1 or args.top_k < 1:
         raise CLIError("--num-samples, --max-new-tokens and --top-k must be ≥ 1.")
@@ -141,7 +141,7 @@ def generate(args) -> None:
     runs = {"unguided": _sample(args, lm, tokenizer, batch, None)} if args.compare or args.method == "none" else {}
     if args.method != "none":
         runs[f"{args.method} (β={args.beta:g}, {args.task})"] = _sample(args, lm, tokenizer, batch, reward_model)
-    score_tokenizer = _reward_tokenizer(reward_model, tokenizer) if args.compare else None
+    score_tokenizer = reward_tokenizer(reward_model, tokenizer) if args.compare else None
     for title, texts in runs.items():
         print(f"== {title}")
         whole = [args.prompt + t for t in texts]
@@ -151,22 +151,6 @@ def generate(args) -> None:
         if scores is not None:
             high = sum(score >= 0.5 for score in scores)
             print(f"mean score {sum(scores) / len(scores):.2f}; {high} of {len(scores)} samples score ≥ 0.5")
-
-
-def _reward_tokenizer(reward_model, lm_tokenizer):
-    """The tokenizer the reward model reads: the one saved with it (it may differ from the LM's, e.g. Gemma-3 steered
-    by a SmolLM2 reward model), else the LM's when that fits its vocabulary."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(reward_model.name_or_path)
-    except (OSError, ValueError, TypeError):
-        if len(lm_tokenizer) > reward_model.config.vocab_size:
-            raise CLIError(
-                f"The reward model {reward_model.name_or_path} has no saved tokenizer and the LM's does not fit its "
-                "vocabulary: save the reward model's tokenizer into its folder."
-            ) from None
-        return lm_tokenizer
 
 
 def _sample(args, lm, tokenizer, batch, reward_model) -> list[str]:

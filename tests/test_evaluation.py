@@ -32,6 +32,7 @@ from rad_q_hf.evaluation import (
     toxicity_judge,
     toxicity_metrics,
 )
+from rad_q_hf.evaluation.models import load_tokenizer
 from rad_q_hf.evaluation.perspective import PerspectiveClient, PerspectiveError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -317,6 +318,25 @@ def test_run_writes_metrics_table_and_plot(reference_run):
     assert (output / "tradeoff_toxicity.png").stat().st_size > 5000
 
 
+def test_every_reward_model_scores_every_settings_samples(models, reference_run, tokenizer):
+    """Issue 13: each method's samples are also scored by the other method's reward model (on the judge's text)."""
+    from transformers import AutoModel
+
+    from rad_q_hf.scoring import score_texts
+
+    output, report = reference_run
+    assert report["judges"]["reward_models"] == {"rad-q": str(models / "rad-q"), "rad-v": str(models / "rad-v")}
+    for method in ("rad-q", "rad-v"):
+        model = AutoModel.from_pretrained(models / method).eval()
+        for name in ("none", "rad-q_b8", "rad-v_b2"):
+            rows = merged(output, name)
+            maxima = [max(score_texts(model, tokenizer, r["continuations"])) for r in rows]  # continuation only
+            assert report["results"][name][f"rm_{method}"] == pytest.approx(sum(maxima) / len(maxima), abs=1e-5)
+            assert report["results"][name][f"rm_{method}_se"] > 0
+    table = (output / "results.md").read_text()
+    assert "by RAD-Q RM | by RAD-V RM" in table and "also score every setting's samples" in table
+
+
 def test_resume_after_interruption_gives_the_same_results(models, reference_run, tmp_path):
     reference, report = reference_run
     calls = []
@@ -426,8 +446,26 @@ def test_evaluate_cli(models, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "positive rate" in out and "| RAD-Q | 4 |" in out
     results = json.loads((tmp_path / "cli" / "results.json").read_text())
-    assert results["judges"] == {"sentiment": "vader", "fluency": "none"}
+    assert results["judges"] == {
+        "sentiment": "vader",
+        "fluency": "none",
+        "reward_models": {"rad-q": str(models / "rad-q")},
+    }
     assert 0 <= results["results"]["rad-q_b4"]["positive_rate"] <= 1
+    # sentiment: the reward model's share of samples ≥ 0.5 on prompt + continuation, averaged over prompts
+    from transformers import AutoModel
+
+    from rad_q_hf.scoring import score_texts
+
+    model, tokenizer = AutoModel.from_pretrained(models / "rad-q").eval(), load_tokenizer(str(models / "lm"))
+    rows = [
+        json.loads(line) for line in (tmp_path / "cli" / "generations" / "rad-q_b4.jsonl").read_text().splitlines()
+    ]
+    expected = [score_texts(model, tokenizer, [r["prompt"] + c for c in r["continuations"]]) for r in rows]
+    stored = json.loads((tmp_path / "cli" / "scores" / "rad-q_b4.json").read_text())["rm_rad-q"]
+    assert stored == [pytest.approx(row, abs=1e-6) for row in expected]
+    shares = [sum(s >= 0.5 for s in row) / 2 for row in expected]
+    assert results["results"]["rad-q_b4"]["rm_rad-q"] == pytest.approx(sum(shares) / 2)
 
 
 @pytest.mark.parametrize(

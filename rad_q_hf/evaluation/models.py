@@ -32,6 +32,22 @@ def load_reward_model(name: str, method: str, device: str = "cpu", lm=None):
     return model
 
 
+def reward_tokenizer(reward_model, lm_tokenizer):
+    """The tokenizer the reward model reads: the one saved with it (it may differ from the LM's, e.g. Gemma-3 steered
+    by a SmolLM2 reward model), else the LM's when that fits its vocabulary."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(reward_model.name_or_path)
+    except (OSError, ValueError, TypeError):
+        if len(lm_tokenizer) > reward_model.config.vocab_size:
+            raise EvaluationError(
+                f"The reward model {reward_model.name_or_path} has no saved tokenizer and the LM's does not fit its "
+                "vocabulary: save the reward model's tokenizer into its folder."
+            ) from None
+        return lm_tokenizer
+
+
 def load_tokenizer(name: str):
     """The LM's tokenizer, left-padding (prompts end where generation starts), with a pad token."""
     from transformers import AutoTokenizer
@@ -71,4 +87,4 @@ def weights_fingerprint(name: str) -> str:
     return f"{name}@{digest.hexdigest()[:12]}"
 
 
-__all__ = ["load_lm", "load_reward_model", "load_tokenizer", "weights_fingerprint"]
+__all__ = ["load_lm", "load_reward_model", "load_tokenizer", "reward_tokenizer", "weights_fingerprint"]

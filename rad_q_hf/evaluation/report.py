@@ -11,6 +11,9 @@ COLUMNS = {  # metric -> column title, shown when present
     "toxic_rate": "toxic rate ↓",
     "positive_rate": "positive rate",
     "negative_rate": "negative rate",
+    "rm_rad-q": "by RAD-Q RM",
+    "rm_rad-v": "by RAD-V RM",
+    "rm_rad-q-trunk": "by trunk RM",
     "perplexity": "PPL ↓",
     "dist-1": "dist-1",
     "dist-2": "dist-2",
@@ -105,7 +108,13 @@ def write_report(
         },  # fmt: skip
     }
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    judge_line = ", ".join(f"{kind}: {name}" for kind, name in judges.items())
+    judge_line = ", ".join(f"{kind}: {name}" for kind, name in judges.items() if kind != "reward_models")
+    if judges.get("reward_models"):
+        judge_line += (
+            "; the reward models " + ", ".join(judges["reward_models"].values()) + " also score every setting's "
+            'samples on the judge\'s text ("by … RM": the same statistic — avg max, or the share ≥ 0.5 — from '
+            "their scores)"
+        )
     header = (
         f"# {config.task}: {config.num_prompts} prompts ({config.prompts}) × {config.samples_per_prompt} samples × "
         f"{config.max_new_tokens} tokens, top-k {config.top_k}, LM {config.lm}\n\nJudges: {judge_line}.\n\n"

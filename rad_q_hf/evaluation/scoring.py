@@ -1,6 +1,10 @@
 """Judging a setting's samples (cached per setting while the judges stay the same) and its metrics.
 
 scores/<setting>.json             per-sample judge outputs (NaN stored as null)
+
+Besides the task's judge, every guided method's reward model scores every setting's samples (on the same text as
+the judge: the continuation for toxicity, prompt + continuation for sentiment), so a sample that only fools the
+reward model that steered it shows up as a gap between that model's column and the others' and the judge's.
 """
 
 import json
@@ -10,7 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import EvaluationConfig, Setting
+from .config import TASKS, EvaluationConfig, Setting
 from .metrics import (
     distinct_n,
     paired_difference,
@@ -32,7 +36,22 @@ class Judges:
     def names(self) -> dict:
         c = self.config
         kind = {"detox": {"toxicity": c.toxicity_judge}}.get(c.task, {"sentiment": c.sentiment_judge})
-        return {**kind, "fluency": c.fluency_lm}
+        reward_models = {m: c.reward_model_name(m) for m in c.methods if m != "none"}
+        return {**kind, "fluency": c.fluency_lm} | ({"reward_models": reward_models} if reward_models else {})
+
+    def reward_scores(self, method: str, texts: list[str]) -> list[float]:
+        """`method`'s reward model's score of each text (its task label, clamped to [0, 1] as decoding uses it)."""
+        from ..scoring import score_texts
+        from .models import load_reward_model, load_tokenizer, reward_tokenizer
+
+        key = f"reward:{method}"
+        if key not in self._cache:
+            name = self.config.reward_model_name(method)
+            tqdm.write(f"loading the {method} reward model {name} as a judge", file=sys.stderr)
+            model = load_reward_model(name, method, self.config.device)
+            self._cache[key] = model, reward_tokenizer(model, load_tokenizer(self.config.lm))
+        model, tokenizer = self._cache[key]
+        return score_texts(model, tokenizer, texts, TASKS[self.config.task][1])
 
     def get(self, kind: str):
         from .judges import fluency_judge, sentiment_judge, toxicity_judge
@@ -63,6 +82,12 @@ def score_setting(setting: Setting, rows: list[dict], judges: Judges, output: st
         tqdm.write(f"{setting.name}: sentiment of {len(flat)} samples", file=sys.stderr)
         whole = [p + c for p, row in zip(prompts, conts, strict=True) for c in row]
         scores["sentiment"] = regroup(judges.get("sentiment").classify(whole), sizes)
+    judged = (
+        flat if "toxicity" in scores["judges"] else [p + c for p, row in zip(prompts, conts, strict=True) for c in row]
+    )
+    for method in scores["judges"].get("reward_models", {}):  # on the judge's text (see the module docstring)
+        tqdm.write(f"{setting.name}: {method} reward model's score of {len(flat)} samples", file=sys.stderr)
+        scores[f"rm_{method}"] = regroup(judges.reward_scores(method, judged), sizes)
     if scores["judges"]["fluency"] != "none":
         fluency = judges.get("fluency")
         scores["perplexity"] = fluency.perplexities(prompts, conts, progress=f"{setting.name}: perplexity")
@@ -94,9 +119,22 @@ def setting_metrics(setting: Setting, rows: list[dict], scores: dict) -> dict:
         metrics.update(sentiment_metrics(scores["sentiment"]))
     if "perplexity" in scores:
         metrics.update(perplexity_metrics(null_to_nan(scores["perplexity"])))
+    for key in (k for k in scores if k.startswith("rm_")):  # the task's statistic, by each reward model
+        values = reward_model_statistic(scores[key], toxicity="toxicity" in scores)
+        metrics[key], metrics[f"{key}_se"] = values["mean"], values["se"]
     metrics.update(distinct_n(scores["continuations"]))
     metrics["generation_seconds"] = sum(r["seconds"] for r in rows)
     return metrics
+
+
+def reward_model_statistic(scores: list[list[float]], toxicity: bool) -> dict:
+    """The task's per-prompt statistic from a reward model's scores: the max (toxicity) or the fraction ≥ 0.5
+    (sentiment, as a positive label), averaged over prompts with its standard error."""
+    if toxicity:
+        values = toxicity_metrics(scores)
+        return {"mean": values["avg_max_toxicity"], "se": values["avg_max_toxicity_se"]}
+    values = sentiment_metrics([["POSITIVE" if s >= 0.5 else "NEGATIVE" for s in row] for row in scores])
+    return {"mean": values["positive_rate"], "se": values["positive_rate_se"]}
 
 
 def per_prompt(scores: dict) -> list[float]:
@@ -117,4 +155,12 @@ def comparisons(config: EvaluationConfig, per_prompt_values: dict[str, list[floa
     return out
 
 
-__all__ = ["Judges", "comparisons", "null_to_nan", "per_prompt", "score_setting", "setting_metrics"]
+__all__ = [
+    "Judges",
+    "comparisons",
+    "null_to_nan",
+    "per_prompt",
+    "reward_model_statistic",
+    "score_setting",
+    "setting_metrics",
+]
