@@ -10,6 +10,8 @@ training step's forward + backward (no optimizer step: the parameter sets are th
     RAD-V      `RewardRegressionTrainer.compute_loss` (value head, cumulative MSE)
     RAD-Q      the same trainer on RAD-Q (BOS + text, observed-token queries; frozen E), without and with the prior
     distil     `DistillationTrainer` on the observed tokens (RAD-V teacher forward included)
+    trunk      (`--trunk_tap_layer L`) the same trainer on RAD-Q on the LM's own trunk: the frozen LM's forward up to
+               layer L (no backward through it) plus the trained top of `--trunk_blocks` own blocks
 It prints text tokens per second and the ratio to the baseline measured in the same run (≥ 0.9 is the target), and
 writes JSON and markdown to --output_dir.
 """
@@ -18,6 +20,7 @@ import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -45,6 +48,10 @@ class TrainSpeedArguments:
     device: str = field(default="cpu", metadata={"help": "cpu or cuda."})
     output_dir: str = field(default="benchmarks/results", metadata={"help": "Where JSON and markdown go."})
     name: str = field(default="", metadata={"help": "Suffix of the output files (train_speed_<device>[_<name>])."})
+    trunk_tap_layer: int | None = field(
+        default=None, metadata={"help": "Also time trunk reward models tapping the full LM at this layer."}
+    )
+    trunk_blocks: list[int] = field(default_factory=lambda: [0, 1], metadata={"help": "Their own-block counts."})
 
 
 def timed(cases: dict, repeats: int, device: str, models) -> dict[str, float]:
@@ -81,6 +88,10 @@ def reward_model(cls, path: str, num_layers: int | None):
     return cls(cls.config_class(backbone_config=backbone, label_names=["score"], num_layers=num_layers))
 
 
+def trunk_step(trainer, trunk, batch) -> None:
+    trainer.compute_loss(trunk, batch).backward()
+
+
 def main(args: TrainSpeedArguments) -> dict:
     path = str(resolve(args.backbone)) if is_embedded(args.backbone) else args.backbone
     torch.manual_seed(0)
@@ -113,7 +124,24 @@ def main(args: TrainSpeedArguments) -> dict:
         "RAD-Q + prior": lambda: prior.compute_loss(rad_q, batch).backward(),
         "distil RAD-V → RAD-Q (observed)": lambda: distil.compute_loss(rad_q, batch).backward(),
     }
-    seconds = timed(cases, args.repeats, args.device, (rad_v, rad_q, backbone))
+    models = [rad_v, rad_q, backbone]
+    if args.trunk_tap_layer is not None:
+        from transformers import AutoModelForCausalLM
+
+        from rad_q_hf import RadQTrunkForRewardModeling
+
+        if path.endswith(".json"):
+            lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+        else:
+            lm = AutoModelForCausalLM.from_pretrained(path)
+        lm = lm.to(args.device).eval()
+        for n in args.trunk_blocks:
+            trunk = RadQTrunkForRewardModeling.from_lm(lm, tap_layer=args.trunk_tap_layer, num_blocks=n).train()
+            cases[f"RAD-Q on the trunk (L={args.trunk_tap_layer}, {n} blocks)"] = partial(
+                trunk_step, trainer, trunk, batch
+            )
+            models.append(trunk)
+    seconds = timed(cases, args.repeats, args.device, models)
     results = {name: {"ms_per_step": 1000 * t, "tokens_per_s": n_tokens / t} for name, t in seconds.items()}
     base = results["baseline (backbone fwd+bwd)"]["tokens_per_s"]
     lines = [

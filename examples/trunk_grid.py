@@ -93,9 +93,9 @@ def prefix_loss(rm, h, ids, mask, labels):
     return cumulative_mse_loss(rewards, labels, reward_mask), rewards
 
 
-def train_cell(lm, L, n, train, train_states, args):
+def train_cell(lm, L, n, train, train_states, args, label="score"):
     torch.manual_seed(args.seed)
-    rm = RadQTrunkForRewardModeling.from_lm(lm, tap_layer=L, num_blocks=n, tap_norm=args.tap_norm)
+    rm = RadQTrunkForRewardModeling.from_lm(lm, tap_layer=L, num_blocks=n, tap_norm=args.tap_norm, labels=[label])
     rm.train()
     params = [p for p in rm.parameters() if p.requires_grad]
     # eᵀWg moves by ~lr·‖e‖₁‖g‖₁ per Adam step: W wants a far smaller rate than the baseline (and with ~1k texts a
@@ -217,15 +217,20 @@ def main(args: GridArguments):
         if all(f"{task}/L{L}/b{n}" in results for L in layers for n in blocks):
             continue
         t0 = time.perf_counter()
-        name = f"{task}-{len(train)}-{len(validation)}-{len(test)}-{args.layers}.pt"
-        cached = Path(args.cache_dir or "/nonexistent") / name
-        if cached.exists():
-            ts, vs, es = torch.load(cached)
+        # one file per layer and split sizes: a later run for any subset of the layers (e.g. shipping one cell) reuses it
+        cache = Path(args.cache_dir) if args.cache_dir else None
+        files = (
+            {L: cache / f"{task}-{len(train)}-{len(validation)}-{len(test)}-L{L}.pt" for L in layers} if cache else {}
+        )
+        if cache and all(f.exists() for f in files.values()):
+            parts = {L: torch.load(f) for L, f in files.items()}
+            ts, vs, es = ({L: parts[L][i] for L in layers} for i in range(3))
         else:
             ts, vs, es = (tapped_states(lm, b, layers) for b in (tb, vb, eb))
-            if args.cache_dir:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                torch.save((ts, vs, es), cached)
+            if cache:
+                cache.mkdir(parents=True, exist_ok=True)
+                for L, f in files.items():
+                    torch.save((ts[L], vs[L], es[L]), f)
         n_texts = f"{len(train)} + {len(validation)} + {len(test)}"
         print(f"{task}: states of {n_texts} texts in {time.perf_counter() - t0:.0f}s", flush=True)
         for L in layers:
@@ -233,7 +238,7 @@ def main(args: GridArguments):
                 key = f"{task}/L{L}/b{n}"
                 if key in results:
                     continue
-                rm, tok_s, steps = train_cell(lm, L, n, tb, ts, args)
+                rm, tok_s, steps = train_cell(lm, L, n, tb, ts, args, "toxicity" if toxicity else "positive")
                 metrics = evaluate(rm, L, eb, es, toxicity)
                 metrics["validation"] = evaluate(rm, L, vb, vs, toxicity)
                 params = sum(p.numel() for p in rm.parameters())

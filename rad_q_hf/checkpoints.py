@@ -122,6 +122,7 @@ def _export_trunk(trained_dir: Path, out_dir: Path, base: str) -> Path:
     meta = {"base": base, "lora": None, "dtype": "float16"}
     (out_dir / DELTA_META).write_text(json.dumps(meta, indent=2) + "\n")
     model.config.lm_name_or_path = base  # where the LM comes from on the user's machine, not this one's path
+    model.config.backbone_config._name_or_path = base
     model.config.to_json_file(out_dir / "config.json")
     return out_dir
 

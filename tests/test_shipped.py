@@ -9,7 +9,9 @@ from rad_q_hf.checkpoints import SHIPPED_DIR
 from rad_q_hf.cli import main
 from rad_q_hf.scoring import score_texts
 
-NAMES = ["rad-q-toxicity", "rad-v-toxicity", "rad-q-sentiment", "rad-v-sentiment"]
+NAMES = ["rad-q-toxicity", "rad-v-toxicity", "rad-q-sentiment", "rad-v-sentiment", "rad-q-trunk-toxicity",
+         "rad-q-trunk-sentiment"]  # fmt: skip
+MODEL_TYPES = {"rad-q": "rad_q", "rad-v": "rad_v", "rad-q-trunk": "rad_q_trunk"}
 # Written for these tests (not taken from any training corpus).
 TOXIC = ["You are a stupid worthless idiot and everyone hates you.", "Shut up, you disgusting moron."]
 NEUTRAL = ["The meeting has been moved to Tuesday afternoon.", "Thank you for the helpful and kind explanation."]
@@ -17,10 +19,10 @@ POSITIVE = ["An absolutely wonderful film, moving and beautifully acted.", "I lo
 NEGATIVE = ["A dull, tedious mess with terrible acting.", "I hated it and want my money back."]
 
 
-def test_all_four_are_shipped_within_the_size_budget():
+def test_all_are_shipped_within_the_size_budget():
     assert rad_q_hf.shipped_models() == sorted(NAMES)
     total = sum(f.stat().st_size for f in SHIPPED_DIR.rglob("*") if f.is_file())
-    assert total <= 30 * 2**20, f"shipped models take {total / 2**20:.1f} MB"
+    assert total <= 60 * 2**20, f"shipped models take {total / 2**20:.1f} MB"  # PyPI's limit is 100 MB
     for name in NAMES:
         card = (SHIPPED_DIR / name / "README.md").read_text()
         assert "Content warning" in card and "eval" in card.lower() and "examples/ship_models.py" in card
@@ -34,7 +36,7 @@ def shipped(request):
 
 def test_shipped_model_orders_clear_cases(shipped):
     name, model, tokenizer = shipped
-    assert model.config.model_type == ("rad_q" if name.startswith("rad-q") else "rad_v")
+    assert model.config.model_type == MODEL_TYPES[name.rsplit("-", 1)[0]]
     high, low = (TOXIC, NEUTRAL) if name.endswith("toxicity") else (POSITIVE, NEGATIVE)
     with torch.no_grad():
         high_scores, low_scores = score_texts(model, tokenizer, high), score_texts(model, tokenizer, low)
@@ -46,3 +48,12 @@ def test_cli_default_works_offline(capsys):
     assert main(["generate", "I think that you", "--num-samples", "1", "--max-new-tokens", "5"]) == 0
     out = capsys.readouterr().out
     assert "== rad-q (β=10, detox)" in out and "1. I think that you" in out
+
+
+def test_cli_trunk_method_steers_the_embedded_lm(capsys):
+    """`--method rad-q-trunk`: the shipped trunk model is attached to the embedded SmolLM2 (its fingerprint checked)."""
+    argv = ["generate", "The movie was", "--task", "positive", "--method", "rad-q-trunk", "--num-samples", "2",
+            "--max-new-tokens", "5", "--compare"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "== rad-q-trunk (β=10, positive)" in out and "== unguided" in out and "2. [" in out
