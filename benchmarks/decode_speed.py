@@ -68,7 +68,9 @@ class BenchmarkArguments:
     top_k: int = field(default=20, metadata={"help": "Candidates per step (k)."})
     prompt_tokens: int = field(default=32, metadata={"help": "Prompt length in tokens (a few rows 1-3 shorter)."})
     new_tokens: int = field(default=64, metadata={"help": "Tokens generated per row."})
-    repeats: int = field(default=1, metadata={"help": "Timed generate calls per cell (the median is kept)."})
+    repeats: int = field(
+        default=1, metadata={"help": "Rounds of timed generate calls, every method once per round (medians kept)."}
+    )
     device: str = field(default="cpu", metadata={"help": "cpu or cuda."})
     reward_device: str | None = field(
         default=None, metadata={"help": "Device of the reward models (default: --device); e.g. cpu beside a cuda LM."}
@@ -167,25 +169,35 @@ def close(processors) -> None:
         getattr(processor, "close", lambda: None)()
 
 
-def time_generate(lm, ids, mask, args, processor_factory, eos_id):
-    if args.warmup:  # first calls of new shapes pay for cuBLAS/kernel selection: not part of decoding cost
+def time_generate(lm, ids, mask, args, processor_factory, eos_id, warmup: bool = False):
+    """ms per generated token of one timed generate call, and its peak memory."""
+    if warmup:  # first calls of new shapes pay for cuBLAS/kernel selection: not part of decoding cost
         processors = [processor_factory()] if processor_factory else []
         run_generate(lm, ids, mask, args, processors, eos_id, min(4, args.new_tokens))
         close(processors)
-    times, mems = [], []
-    for _ in range(args.repeats):
-        # Built outside the timed region: a one-off set-up (the cross-tokenizer path reads both vocabularies).
-        processors = [processor_factory()] if processor_factory else []
-        with PeakMemory(args.device) as mem:
-            sync(args.device)
-            t0 = time.perf_counter()
-            out = run_generate(lm, ids, mask, args, processors, eos_id, args.new_tokens)
-            sync(args.device)
-            times.append(time.perf_counter() - t0)
-        close(processors)
-        mems.append(mem.mib)
-        assert out.shape[1] == ids.shape[1] + args.new_tokens
-    return 1000 * statistics.median(times) / args.new_tokens, max(mems)
+    # Built outside the timed region: a one-off set-up (the cross-tokenizer path reads both vocabularies).
+    processors = [processor_factory()] if processor_factory else []
+    with PeakMemory(args.device) as mem:
+        sync(args.device)
+        t0 = time.perf_counter()
+        out = run_generate(lm, ids, mask, args, processors, eos_id, args.new_tokens)
+        sync(args.device)
+        seconds = time.perf_counter() - t0
+    close(processors)
+    assert out.shape[1] == ids.shape[1] + args.new_tokens
+    return 1000 * seconds / args.new_tokens, mem.mib
+
+
+def time_methods(lm, ids, mask, args, methods: dict, eos_id) -> dict[str, tuple[float, float]]:
+    """{name: (median ms per token, peak MiB)} over `args.repeats` rounds; each round times every method once, so
+    that load drift on a shared machine hits all of them alike (and the ratios stay comparable)."""
+    times, mems = {name: [] for name in methods}, {name: 0.0 for name in methods}
+    for r in range(args.repeats):
+        for name, factory in methods.items():
+            ms, mib = time_generate(lm, ids, mask, args, factory, eos_id, warmup=args.warmup and r == 0)
+            times[name].append(ms)
+            mems[name] = max(mems[name], mib)
+    return {name: (statistics.median(times[name]), mems[name]) for name in methods}
 
 
 def run_generate(lm, ids, mask, args, processors, eos_id, new_tokens):
@@ -313,10 +325,9 @@ def main(args: BenchmarkArguments) -> list[dict]:
             t_top = time_forward(trunk.top, ctx_ids, ctx_mask, args.device, embeddings=True) if n else 0.0
             floors[f"rad_q_trunk_b{n}"] = 1 + t_top / t_lm
         time_generate(lm, ids, mask, args, None, eos_id)  # warm-up
-        base = None
-        for name, factory in methods.items():
-            ms, mib = time_generate(lm, ids, mask, args, factory, eos_id)
-            base = ms if name == "unguided" else base
+        timed = time_methods(lm, ids, mask, args, methods, eos_id)
+        base = timed["unguided"][0]
+        for name, (ms, mib) in timed.items():
             row = dict(batch=B, method=name, ms_per_token=ms, ratio=ms / base, peak_mib=mib)
             if name in floors:
                 row["floor"], row["ratio_to_floor"] = floors[name], (ms / base) / floors[name]

@@ -78,10 +78,11 @@ class ShipArguments:
     )
     readme: str = field(default="README.md", metadata={"help": "The README whose shipped table is re-rendered."})
     trunk_tap_layer: int = field(default=18, metadata={"help": "rad-q-trunk-*: the LM layer whose states are read."})
-    trunk_blocks: int = field(default=0, metadata={"help": "rad-q-trunk-*: own transformer blocks on top."})
+    trunk_blocks: int = field(default=1, metadata={"help": "rad-q-trunk-*: own transformer blocks on top."})
     trunk_train_texts: int = field(default=16384, metadata={"help": "rad-q-trunk-*: training texts (seeded sample)."})
     trunk_epochs: int = field(default=2, metadata={"help": "rad-q-trunk-*: epochs over them."})
     trunk_head_learning_rate: float = field(default=1e-4, metadata={"help": "rad-q-trunk-*: peak rate of W."})
+    trunk_learning_rate: float = field(default=1e-3, metadata={"help": "rad-q-trunk-*: peak rate of blocks, norm."})
 
 
 TRUNK_NAMES = ("rad-q-trunk-toxicity", "rad-q-trunk-sentiment")
@@ -115,7 +116,7 @@ def trunk_grid_arguments(name: str, a: ShipArguments) -> trunk_grid.GridArgument
     return trunk_grid.GridArguments(
         data_dir=a.data_dir, out=str(work / name), tasks=task, layers=str(a.trunk_tap_layer),
         blocks=str(a.trunk_blocks), train_texts=a.trunk_train_texts, epochs=a.trunk_epochs,
-        head_learning_rate=a.trunk_head_learning_rate, cache_dir=str(work / "trunk-states"),
+        head_learning_rate=a.trunk_head_learning_rate, learning_rate=a.trunk_learning_rate, cache_dir=str(work / "trunk-states"),
         save_dir=str(work / name / "models"),
     )  # fmt: skip
 
@@ -162,7 +163,10 @@ def write_trunk_card(name: str, a: ShipArguments, out: Path, per_source: dict) -
     card = render_card(
         name, out, task="detox" if toxicity else "positive", method="rad-q-trunk",
         data=TOXICITY_DATA if toxicity else "SST-2 train (GLUE; Stanford, research use); label 1 = positive; SST-2 dev held out",
-        command=f"python examples/ship_models.py --data_dir {a.data_dir} --only {name}",
+        command=f"python examples/ship_models.py --data_dir {a.data_dir} --only {name} --trunk_tap_layer "
+        f"{a.trunk_tap_layer} --trunk_blocks {a.trunk_blocks} --trunk_train_texts {a.trunk_train_texts} --trunk_epochs "
+        f"{a.trunk_epochs} --trunk_learning_rate {a.trunk_learning_rate:g} --trunk_head_learning_rate "
+        f"{a.trunk_head_learning_rate:g}",
         hyperparameters=(
             f"tap layer {config['tap_layer']}, {config['num_blocks']} own blocks, tap norm {config['tap_norm']!r}; "
             f"{grid.train_texts} training texts (seeded sample) × {grid.epochs} epochs, batch {grid.batch_size}; "

@@ -47,7 +47,10 @@ class GridArguments:
     cache_dir: str | None = field(default=None, metadata={"help": "Keep the tapped states here between runs."})
     seed: int = field(default=1)
     reference: bool = field(default=False, metadata={"help": "Also score the shipped rad-q-<task> on the same texts."})
-    plot: str | None = field(default=None, metadata={"help": "Only plot: comma-separated grid.json files."})
+    plot: str | None = field(
+        default=None, metadata={"help": "Only plot: comma-separated grid.json files, each optionally `label=path`."}
+    )
+    plot_name: str = field(default="quality.png", metadata={"help": "File name of the plot in --out."})
     save_dir: str | None = field(
         default=None, metadata={"help": "Save each cell's model to <save_dir>/<task>-L<L>-b<n>."}
     )
@@ -55,6 +58,8 @@ class GridArguments:
 
 def batches_of(ds, tokenizer, max_length, batch_size):
     """Right-padded batches of similar lengths: (ids, mask, labels)."""
+    if len(ds) == 0:
+        return []
     enc = tokenizer(list(ds["text"]), add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
     labels = torch.tensor([row[0] for row in ds["labels"]], dtype=torch.float32)
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
@@ -159,34 +164,36 @@ def shipped_reference(task, test, tokenizer, max_length):
 
 
 def plot(files: list[str], png: str) -> None:
-    """Held-out ROC AUC (toxicity) and accuracy (SST-2) against the tap layer, one line per number of own blocks;
-    the shipped separate RAD-Q model of the same texts as a dashed line."""
+    """Held-out ROC AUC (toxicity) and accuracy (SST-2) against the tap layer, one line per file and number of own
+    blocks (`label=path` names a file's lines); the shipped separate RAD-Q model of the same texts as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = {}
-    for f in files:
-        results |= json.loads(Path(f).read_text())
+    runs = [(f.split("=", 1) if "=" in f else ("", f)) for f in files]
+    results = [(label, json.loads(Path(path).read_text())) for label, path in runs]
     panels = [("toxicity", "roc_auc", "toxicity: ROC AUC"), ("sentiment", "accuracy", "SST-2 dev: accuracy")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, (task, metric, title) in zip(axes, panels, strict=True):
-        cells = [k.split("/") for k in results if k.startswith(task + "/L")]
-        for n in sorted({int(b[1:]) for _, _, b in cells}):
-            layers = sorted({int(L[1:]) for _, L, b in cells if b == f"b{n}"})
-            ax.plot(layers, [results[f"{task}/L{L}/b{n}"][metric] for L in layers], "o-", label=f"{n} own blocks")
-        if f"{task}/reference" in results:
-            ax.axhline(results[f"{task}/reference"][metric], ls="--", c="k", label="separate RAD-Q (shipped)")
+        for label, grid in results:
+            cells = [k.split("/") for k in grid if k.startswith(task + "/L")]
+            for n in sorted({int(b[1:]) for _, _, b in cells}):
+                layers = sorted({int(L[1:]) for _, L, b in cells if b == f"b{n}"})
+                values = [grid[f"{task}/L{L}/b{n}"][metric] for L in layers]
+                ax.plot(layers, values, "o-" if len(layers) > 1 else "*", label=f"{n} own blocks {label}".strip())
+        references = [grid[f"{task}/reference"][metric] for _, grid in results if f"{task}/reference" in grid]
+        if references:
+            ax.axhline(references[0], ls="--", c="k", label="separate RAD-Q (shipped)")
         ax.set(title=title, xlabel="tap layer L of SmolLM2-135M (30 layers)", ylabel=metric)
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
 
 
 def main(args: GridArguments):
     if args.plot:
-        plot(args.plot.split(","), str(Path(args.out) / "quality.png"))
+        plot(args.plot.split(","), str(Path(args.out) / args.plot_name))
         return
     path = resolve("smollm2-135m")
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -200,8 +207,8 @@ def main(args: GridArguments):
         toxicity = task == "toxicity"
         data = load_toxicity("offline", args.data_dir) if toxicity else load_sentiment("sst2", args.data_dir)
         data = with_validation(data, args.validation_percent)
-        validation = data["validation"].shuffle(seed=1)
-        validation = validation.select(range(min(args.eval_texts, len(validation))))
+        validation = data["validation"].shuffle(seed=1) if "validation" in data else data["train"].select([])
+        validation = validation.select(range(min(args.eval_texts, len(validation))))  # empty: --validation_percent 0
         train = data["train"].shuffle(seed=args.seed).select(range(min(args.train_texts, len(data["train"]))))
         test = data["test"].shuffle(seed=1)
         test = test.select(range(1000)) if len(test) > 1000 else test  # the trainer's held-out sample
@@ -240,7 +247,8 @@ def main(args: GridArguments):
                     continue
                 rm, tok_s, steps = train_cell(lm, L, n, tb, ts, args, "toxicity" if toxicity else "positive")
                 metrics = evaluate(rm, L, eb, es, toxicity)
-                metrics["validation"] = evaluate(rm, L, vb, vs, toxicity)
+                if len(validation):
+                    metrics["validation"] = evaluate(rm, L, vb, vs, toxicity)
                 params = sum(p.numel() for p in rm.parameters())
                 if args.save_dir:
                     rm.save_pretrained(Path(args.save_dir) / f"{task}-L{L}-b{n}")

@@ -91,6 +91,12 @@ def test_trunk_delta_round_trip_reads_the_named_lm(num_blocks, tiny_lm, tmp_path
     other = LlamaForCausalLM(lm.config)  # same shapes, other weights
     with pytest.raises(ValueError, match="not those of"):
         loaded.attach_lm(other)
+    # the assembled folder steers generate by itself, reading the generating LM's own states
+    gen = dict(do_sample=False, max_new_tokens=2, min_new_tokens=2, top_k=3, pad_token_id=2)
+    out = lm.generate(ids, custom_generate=path, trust_remote_code=True, beta=5.0, **gen)
+    assert out.shape == (1, ids.shape[1] + 2)
+    with pytest.raises(ValueError, match="not those of"):
+        other.generate(ids, custom_generate=path, trust_remote_code=True, beta=5.0, **gen)
 
 
 def test_corrupt_or_missing_delta_errors(tiny_lm, tmp_path):
