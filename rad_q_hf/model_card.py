@@ -143,7 +143,7 @@ def render_card(name: str, checkpoint_dir: str | Path, *, task: str, method: str
         processor={"rad-q": "RADQ", "rad-v": "RADV"}.get(method, "RADQTrunk"),
         processor_module="rad_q_hf.decoding_trunk" if trunk else "rad_q_hf",
         architecture=architecture,
-        attach=".attach_lm(lm)  # it reads this LM's own hidden states" if trunk else "",
+        attach=".attach_lm(lm)" if trunk else "",
         delta_contents="its norm, own blocks and head; never the LM's weights" if trunk else "LoRA adapters and heads",
         purpose="it scores how toxic a continuation is, to steer generation away from toxicity."
         if toxicity
