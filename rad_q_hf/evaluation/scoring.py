@@ -74,17 +74,15 @@ def score_setting(setting: Setting, rows: list[dict], judges: Judges, output: st
             return cached
     sizes = [len(c) for c in conts]
     flat = [c for row in conts for c in row]
+    whole = [p + c for p, row in zip(prompts, conts, strict=True) for c in row]
     scores = {"judges": judges.names(), "prompts": prompts, "continuations": conts}
     if "toxicity" in scores["judges"]:  # the continuation alone is scored, as DExperts / RAD do
         tqdm.write(f"{setting.name}: toxicity of {len(flat)} samples", file=sys.stderr)
         scores["toxicity"] = regroup(judges.get("toxicity").score(flat), sizes)
     if "sentiment" in scores["judges"]:  # prompt + continuation, as the papers do
         tqdm.write(f"{setting.name}: sentiment of {len(flat)} samples", file=sys.stderr)
-        whole = [p + c for p, row in zip(prompts, conts, strict=True) for c in row]
         scores["sentiment"] = regroup(judges.get("sentiment").classify(whole), sizes)
-    judged = (
-        flat if "toxicity" in scores["judges"] else [p + c for p, row in zip(prompts, conts, strict=True) for c in row]
-    )
+    judged = flat if "toxicity" in scores["judges"] else whole
     for method in scores["judges"].get("reward_models", {}):  # on the judge's text (see the module docstring)
         tqdm.write(f"{setting.name}: {method} reward model's score of {len(flat)} samples", file=sys.stderr)
         scores[f"rm_{method}"] = regroup(judges.reward_scores(method, judged), sizes)
