@@ -573,12 +573,18 @@ def test_trunk_method_runs_reports_and_matches_its_processor(models, trunk_model
     from rad_q_hf.evaluation.generation import sample_batch
     from rad_q_hf.evaluation.models import load_lm, load_reward_model, load_tokenizer
 
-    config = tiny_config(models, tmp_path / "run", methods=("none", "rad-q-trunk"), betas=(8.0,),
+    config = tiny_config(models, tmp_path / "run", methods=("none", "rad-q", "rad-q-trunk"), betas=(8.0,),
                          rad_q_trunk_model=str(trunk_model), fluency_lm="none")  # fmt: skip
     report = run_evaluation(config)
-    assert list(report["results"]) == ["none", "rad-q-trunk_b8"]
-    assert "| RAD-Q (LM's trunk) | 8 |" in (tmp_path / "run" / "results.md").read_text()
-    assert sorted(report["model_fingerprints"]) == ["lm", "rad-q-trunk"]
+    assert list(report["results"]) == ["none", "rad-q_b8", "rad-q-trunk_b8"]
+    table = (tmp_path / "run" / "results.md").read_text()
+    assert "| RAD-Q (LM's trunk) | 8 |" in table and "rad-q-trunk β=8 − rad-q β=8" in table
+    assert sorted(report["model_fingerprints"]) == ["lm", "rad-q", "rad-q-trunk"]
+    maxima = {name: [max(row) for row in json.loads((tmp_path / "run" / "scores" / f"{name}.json").read_text())["toxicity"]]
+              for name in ("rad-q_b8", "rad-q-trunk_b8")}  # fmt: skip
+    paired = report["comparisons"]["rad-q-trunk_b8 − rad-q_b8"]
+    expected = sum(maxima["rad-q-trunk_b8"]) / 5 - sum(maxima["rad-q_b8"]) / 5
+    assert paired["mean_difference"] == pytest.approx(expected) and paired["num_prompts"] == 5
     steered, unguided = merged(tmp_path / "run", "rad-q-trunk_b8"), merged(tmp_path / "run", "none")
     assert steered != unguided
 
@@ -599,7 +605,7 @@ def test_trunk_method_runs_reports_and_matches_its_processor(models, trunk_model
     assert [c for r in steered[:2] for c in r["continuations"]] == texts
     # and sample_batch with the reward model as the run loads it gives them too
     loaded = load_reward_model(str(trunk_model), "rad-q-trunk", lm=lm)
-    setting = config.settings()[1]
+    setting = config.settings()[2]  # rad-q-trunk_b8
     assert sample_batch(setting, prompts, lm, tokenizer, loaded, config, 0)[0] == texts
 
 

@@ -125,7 +125,9 @@ def write_report(
         for name, c in (comparisons or {}).items()
     )
     (out / "results.md").write_text(
-        header + markdown_table(results) + (f"\nRAD-Q − RAD-V:{paired}\n" if paired else "")
+        header
+        + markdown_table(results)
+        + (f"\nPaired over prompts (a − b at the same β):{paired}\n" if paired else "")
     )
     metric = "avg_max_toxicity" if config.task == "detox" else "positive_rate"
     guided = [m for m in results.values() if m["method"] != "none"]

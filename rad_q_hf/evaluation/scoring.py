@@ -142,14 +142,20 @@ def per_prompt(scores: dict) -> list[float]:
     return prompt_positive_fractions(scores["sentiment"])
 
 
+PAIRS = (("rad-q", "rad-v"), ("rad-q-trunk", "rad-q"), ("rad-q-trunk", "rad-v"))
+
+
 def comparisons(config: EvaluationConfig, per_prompt_values: dict[str, list[float]]) -> dict:
-    """RAD-Q − RAD-V at each β, paired over prompts (the paper's claim: on par at the same β)."""
+    """Method a − method b at each β, paired over prompts, for the pairs of `PAIRS` that ran: RAD-Q − RAD-V (the
+    paper's claim: on par at the same β), and the trunk kind against each."""
     out = {}
-    for beta in config.betas:
-        q, v = Setting("rad-q", float(beta)).name, Setting("rad-v", float(beta)).name
-        if q in per_prompt_values and v in per_prompt_values:
-            metric = "avg_max_toxicity" if config.task == "detox" else "positive_rate"
-            out[f"{q} − {v}"] = {"metric": metric, **paired_difference(per_prompt_values[q], per_prompt_values[v])}
+    metric = "avg_max_toxicity" if config.task == "detox" else "positive_rate"
+    for a, b in PAIRS:
+        for beta in config.betas:
+            x, y = Setting(a, float(beta)).name, Setting(b, float(beta)).name
+            if x in per_prompt_values and y in per_prompt_values:
+                difference = paired_difference(per_prompt_values[x], per_prompt_values[y])
+                out[f"{x} − {y}"] = {"metric": metric, **difference}
     return out
 
 
