@@ -9,8 +9,9 @@ API loads it offline (tests/test_shipped.py):
     model = AutoModel.from_pretrained(rad_q_hf.default_checkpoint("rad-q-toxicity"))
 
     >>> import rad_q_hf
-    >>> rad_q_hf.shipped_models()
-    ['rad-q-sentiment', 'rad-q-toxicity', 'rad-v-sentiment', 'rad-v-toxicity']
+    >>> rad_q_hf.shipped_models()  # doctest: +NORMALIZE_WHITESPACE
+    ['rad-q-sentiment', 'rad-q-toxicity', 'rad-q-trunk-sentiment', 'rad-q-trunk-toxicity', 'rad-v-sentiment',
+     'rad-v-toxicity']
 
 A RAD-Q-on-the-trunk model (`rad_q_trunk`) has no backbone of its own: its delta is its whole (small) state — norm,
 own blocks, head — with `"lora": null`, and assembling it points its config at the embedded LM it reads.
