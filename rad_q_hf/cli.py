@@ -157,15 +157,12 @@ def _sample(args, lm, tokenizer, batch, reward_model) -> list[str]:
     """`num_samples` continuations, guided by `reward_model` (RAD-Q or RAD-V as `--method`) or unguided (None)."""
     import torch
 
-    from .decoding import RADQ, RADV
-    from .decoding_trunk import RADQTrunk
+    from .evaluation.models import steering_processor
 
     processors = []
     if reward_model is not None:
-        _, label, direction = TASKS[args.task]
-        cls = {"rad-q": RADQ, "rad-v": RADV, "rad-q-trunk": RADQTrunk}[args.method]
-        processors = [cls(reward_model, beta=args.beta, top_k=args.top_k, label=label, direction=direction,
-                          attention_mask=batch["attention_mask"], tokenizer=tokenizer)]  # fmt: skip
+        processors = [steering_processor(args.method, args.task, reward_model, args.beta, args.top_k,
+                                         batch["attention_mask"], tokenizer)]  # fmt: skip
     torch.manual_seed(args.seed)
     out = lm.generate(**batch, do_sample=True, top_k=args.top_k, temperature=1.0, max_new_tokens=args.max_new_tokens,
                       logits_processor=processors, pad_token_id=tokenizer.pad_token_id)  # fmt: skip

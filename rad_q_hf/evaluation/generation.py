@@ -10,7 +10,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .config import TASKS, EvaluationConfig, Setting
+from .config import EvaluationConfig, Setting
 from .storage import append_rows, done, part_file, read_rows
 
 
@@ -45,16 +45,13 @@ def generate_setting(setting: Setting, prompts: list[str], lm, tokenizer, reward
 def sample_batch(setting: Setting, batch_prompts: list[str], lm, tokenizer, reward_model, config: EvaluationConfig,
                  batch_index: int) -> tuple[list[str], float]:  # fmt: skip
     """`samples_per_prompt` continuations of each prompt (prompt-major), and the seconds `generate` took."""
-    from ..decoding import RADQ, RADV
-    from ..decoding_trunk import RADQTrunk
+    from .models import steering_processor
 
     enc = tokenizer(batch_prompts, return_tensors="pt", padding=True).to(lm.device)  # left padded
     processors = []
     if setting.method != "none":
-        _, label, direction = TASKS[config.task]
-        cls = {"rad-q": RADQ, "rad-v": RADV, "rad-q-trunk": RADQTrunk}[setting.method]
-        processors = [cls(reward_model, beta=setting.beta, top_k=config.top_k, label=label, direction=direction,
-                          attention_mask=enc["attention_mask"], tokenizer=tokenizer)]  # fmt: skip
+        processors = [steering_processor(setting.method, config.task, reward_model, setting.beta, config.top_k,
+                                         enc["attention_mask"], tokenizer)]  # fmt: skip
     torch.manual_seed(config.seed * 1_000_003 + batch_index)
     start = time.perf_counter()
     with torch.no_grad():

@@ -4,7 +4,7 @@ fingerprints that tie samples on disk to the weights that drew them."""
 import hashlib
 from pathlib import Path
 
-from .config import MODEL_TYPES, EvaluationError
+from .config import MODEL_TYPES, TASKS, EvaluationError
 
 
 def load_reward_model(name: str, method: str, device: str = "cpu", lm=None):
@@ -30,6 +30,17 @@ def load_reward_model(name: str, method: str, device: str = "cpu", lm=None):
                 f"{error} Use --method rad-q or rad-v to steer this LM, or the LM {name} was trained on."
             ) from None
     return model
+
+
+def steering_processor(method: str, task: str, reward_model, beta: float, top_k: int, attention_mask, tokenizer):
+    """The logits processor of `method` (rad-q, rad-v, rad-q-trunk) steering towards `task`'s label and direction."""
+    from ..decoding import RADQ, RADV
+    from ..decoding_trunk import RADQTrunk
+
+    _, label, direction = TASKS[task]
+    cls = {"rad-q": RADQ, "rad-v": RADV, "rad-q-trunk": RADQTrunk}[method]
+    return cls(reward_model, beta=beta, top_k=top_k, label=label, direction=direction, attention_mask=attention_mask,
+               tokenizer=tokenizer)  # fmt: skip
 
 
 def reward_tokenizer(reward_model, lm_tokenizer):
@@ -87,4 +98,11 @@ def weights_fingerprint(name: str) -> str:
     return f"{name}@{digest.hexdigest()[:12]}"
 
 
-__all__ = ["load_lm", "load_reward_model", "load_tokenizer", "reward_tokenizer", "weights_fingerprint"]
+__all__ = [
+    "load_lm",
+    "load_reward_model",
+    "load_tokenizer",
+    "reward_tokenizer",
+    "steering_processor",
+    "weights_fingerprint",
+]
