@@ -24,17 +24,23 @@ def tiny_lm(tmp_path_factory, tokenizer):
     return path
 
 
-@pytest.mark.parametrize("model_cls", [RadQForRewardModeling, RadVForRewardModeling])
-def test_delta_round_trip(model_cls, tiny_lm, tmp_path):
-    model = model_cls.from_backbone(str(tiny_lm), labels=["toxicity"], num_layers=1)
+def train_lora(model, folder, max_steps=3):
+    """A few LoRA steps (r 4, alpha 8) of the reward trainer on a toy set; the checkpoint is saved to `folder`."""
     data = Dataset.from_dict({"input_ids": [[5, 6, 7], [8, 9, 10, 11]] * 8, "labels": [[1.0], [0.0]] * 8})
     args = RewardTrainingConfig(
-        str(tmp_path / "run"), max_steps=3, learning_rate=1e-2, per_device_train_batch_size=4, report_to="none",
+        str(folder), max_steps=max_steps, learning_rate=1e-2, per_device_train_batch_size=4, report_to="none",
         use_cpu=True, save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False,
     )  # fmt: skip
     trainer = RewardRegressionTrainer(model, args, train_dataset=data, peft_config=lora_config(r=4, alpha=8))
     trainer.train()
-    trainer.save_model(tmp_path / "run")
+    trainer.save_model(folder)
+    return model
+
+
+@pytest.mark.parametrize("model_cls", [RadQForRewardModeling, RadVForRewardModeling])
+def test_delta_round_trip(model_cls, tiny_lm, tmp_path):
+    model = model_cls.from_backbone(str(tiny_lm), labels=["toxicity"], num_layers=1)
+    train_lora(model, tmp_path / "run")
 
     delta = export_delta(tmp_path / "run", tmp_path / "delta", base=str(tiny_lm))
     weights = load_file(delta / "delta.safetensors")
@@ -136,20 +142,8 @@ def test_model_card_has_the_required_sections(task, tmp_path):
 
 def test_staged_lora_runs_stack_into_one_delta(tiny_lm, tmp_path):
     """Stage 2 adds new adapters on stage 1's merged weights; the exported delta stacks both exactly."""
-    data = Dataset.from_dict({"input_ids": [[5, 6, 7], [8, 9, 10, 11]] * 8, "labels": [[1.0], [0.0]] * 8})
-
-    def train(model, folder):
-        args = RewardTrainingConfig(
-            str(folder), max_steps=3, learning_rate=1e-2, per_device_train_batch_size=4, report_to="none",
-            use_cpu=True, save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False,
-        )  # fmt: skip
-        trainer = RewardRegressionTrainer(model, args, train_dataset=data, peft_config=lora_config(r=4, alpha=8))
-        trainer.train()
-        trainer.save_model(folder)
-        return model
-
-    train(RadQForRewardModeling.from_backbone(str(tiny_lm), labels=["positive"], num_layers=2), tmp_path / "s1")
-    stage2 = train(AutoModel.from_pretrained(tmp_path / "s1"), tmp_path / "s2").eval()
+    train_lora(RadQForRewardModeling.from_backbone(str(tiny_lm), labels=["positive"], num_layers=2), tmp_path / "s1")
+    stage2 = train_lora(AutoModel.from_pretrained(tmp_path / "s1"), tmp_path / "s2").eval()
     with pytest.raises(FileNotFoundError):
         export_delta(tmp_path / "s2", tmp_path / "bad", base=str(tiny_lm), earlier_stages=[tmp_path / "nowhere"])
     delta = export_delta(tmp_path / "s2", tmp_path / "delta", base=str(tiny_lm), earlier_stages=[tmp_path / "s1"])
@@ -192,18 +186,11 @@ def test_peft_stacking_assembles_to_the_same_weights_as_the_old_format(tiny_lm, 
     shipped files need no rewrite."""
     from rad_q_hf.training.adapters import load_adapter_state
 
-    data = Dataset.from_dict({"input_ids": [[5, 6, 7], [8, 9, 10, 11]] * 8, "labels": [[1.0], [0.0]] * 8})
     stages = []
     model = RadQForRewardModeling.from_backbone(str(tiny_lm), labels=["positive"], num_layers=2)
     for i in range(2):
         folder = tmp_path / f"s{i}"
-        args = RewardTrainingConfig(
-            str(folder), max_steps=2, learning_rate=1e-2, per_device_train_batch_size=4, report_to="none",
-            use_cpu=True, save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False,
-        )  # fmt: skip
-        trainer = RewardRegressionTrainer(model, args, train_dataset=data, peft_config=lora_config(r=4, alpha=8))
-        trainer.train()
-        trainer.save_model(folder)
+        train_lora(model, folder, max_steps=2)
         stages.append(folder)
         model = AutoModel.from_pretrained(folder)
     new = export_delta(stages[1], tmp_path / "new", base=str(tiny_lm), earlier_stages=stages[:1])
