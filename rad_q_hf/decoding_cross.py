@@ -10,11 +10,13 @@ Rolled-back tokens are never cut out of the KV cache: their columns are masked o
 so the cache of every row stays one tensor and positions are `cumsum(mask) − 1` over the real tokens, exactly as if
 the row had been encoded from scratch.
 
-**RAD-V.** The reward of a candidate is the RM's value of `RM ids of (text ⊕ candidate)`. The cache holds N·k rows;
-each step one forward over the N·k rows feeds, per row, the pieces of one candidate (right-padded and masked into a
-common width). After the LM samples, the chosen candidate's row is kept (as in the shared-tokenizer path); a row
-whose RM prefix was re-synced, or that followed a token outside its candidates, gets the correction fed in front of
-the next step's pieces (same forward). A candidate adding no RM token gets the reward of the current text.
+**RAD-V.** The reward of a candidate is the RM's value of `RM ids of (text ⊕ candidate)`. Each step, one forward over
+the N·k cache rows (one per candidate) feeds every candidate's first piece; the few candidates with more pieces feed
+the rest on a gathered copy of their rows, so the big forward stays one token wide however long the longest candidate
+is. After the LM samples, the chosen candidate's row is kept (as in the shared-tokenizer path) and, where it does not
+hold the bridge's RM prefix yet (the chosen candidate's later pieces, a re-sync, a token outside the candidates), the
+difference is fed in one forward over the N kept rows. A candidate adding no RM token gets the reward of the current
+text.
 
 **RAD-Q.** Defined as the RAD-Q reward of the candidate's **first own** RM token: usually the first piece, scored
 after the RM prefix the candidate keeps: `r(x, v) = r_RADQ(RM prefix without its last rollback tokens, first piece)`.
@@ -28,6 +30,8 @@ head's baseline at BOS). One cached RM forward per generated token feeds the RM 
 one or several, masked into a common width); the hidden states of the last `window` RM positions are kept to score
 candidates that roll back.
 """
+
+import copy
 
 import torch
 
@@ -79,7 +83,8 @@ class _CrossScorer(_Scorer):
 
 # --------------------------------------------------------------------------------------------------------------------
 class CrossRadVScorer(_CrossScorer):
-    """RAD-V through text: one forward over N·k rows per step (see the module docstring)."""
+    """RAD-V through text: a one-token forward over N·k rows per step, then the few longer candidates (see the module
+    docstring)."""
 
     def reset(self):
         super().reset()
@@ -94,15 +99,8 @@ class CrossRadVScorer(_CrossScorer):
         self._check_length(rm_ids.shape[1] + 1)
         hidden, self.cache = self.model.encode(rm_ids, rm_mask, use_cache=True)
         self.prefix_reward = self.model.score_hidden(hidden[:, -1], label=self.label)  # (N,) left-padded: last = real
-        self.cache.batch_repeat_interleave(cand.shape[1])
-        self.rm_mask = rm_mask.repeat_interleave(cand.shape[1], 0)  # (N·k, L)
-        N = len(ids)
-        no_fix = (
-            torch.zeros(N, 0, dtype=torch.long),
-            torch.zeros(N, 0, dtype=torch.bool),
-            torch.zeros(N, dtype=torch.long),
-        )
-        return self._score(cand, *no_fix)
+        self.rm_mask = rm_mask
+        return self._score(cand)
 
     def _step(self, new_tok, mask, beam_idx, cand):
         device = self.model.device
@@ -110,28 +108,29 @@ class CrossRadVScorer(_CrossScorer):
         src = beam_idx.to(device) if beam_idx is not None else torch.arange(N, device=device)  # (N,)
         chosen = (self.cand[src] == new_tok.to(device)).int().argmax(-1)  # (N,), 0 for a token outside
         rows = src * k_prev + chosen  # (N,) the cache rows that continue
-        keep = rows.repeat_interleave(cand.shape[1])  # (N·k,) each one k times for the new candidates
-        self.cache.batch_select_indices(keep)  # one gather
-        self.rm_mask = self.rm_mask[keep]
-        self.prefix_reward = self.last_reward[rows]  # value of what each kept row holds
+        self.cache.batch_select_indices(rows)  # one gather, down to N rows
+        self.rm_mask = self.rm_mask[rows]
+        self.prefix_reward = self.last_reward[rows]  # value of the chosen candidate's text
         held = self._row_contents(src.tolist(), chosen.tolist())  # RM ids each kept cache row holds
         if beam_idx is not None:
             self.state.reorder(beam_idx)
         self.state.advance(new_tok[:, 0])
-        return self._score(cand, *self._corrections(held))
+        self._correct(*self._corrections(held))
+        return self._score(cand)
 
     def _row_contents(self, src: list[int], chosen: list[int]) -> list[list[int]]:
-        """RM ids of the kept cache rows: the old prefix with the chosen candidate's pieces applied."""
+        """RM ids of the kept cache rows: the old prefix with the chosen candidate's rollback and first piece (the
+        main cache holds only the first piece; `_score` fed the later ones to a copy of the row)."""
         out = []
         for s, j in zip(src, chosen, strict=True):
             prefix = self.old_prefix[s]
             back = int(self.pieces.rollback[s, j])
-            out.append(prefix[: len(prefix) - back] + self.pieces.ids[s, j][self.pieces.mask[s, j]].tolist())
+            out.append(prefix[: len(prefix) - back] + self.pieces.ids[s, j][self.pieces.mask[s, j]].tolist()[:1])
         return out
 
     def _corrections(self, held: list[list[int]]):
         """What to roll back and feed so that each cache row holds the bridge's RM prefix: (N, F) ids and mask,
-        (N,) rollback; F = 0 in the common case (no row re-synced or followed a token outside its candidates)."""
+        (N,) rollback. Rows that change get at least one token fed (its value is the new prefix's reward)."""
         new = self.state.prefix_ids()
         keep = [common_prefix_len(a, b) for a, b in zip(held, new, strict=True)]
         for n, (a, b) in enumerate(zip(held, new, strict=True)):
@@ -141,34 +140,63 @@ class CrossRadVScorer(_CrossScorer):
                 keep[n] -= 1
         back = torch.tensor([len(a) - n for a, n in zip(held, keep, strict=True)], dtype=torch.long)
         ids, m = pad_right([b[n:] for b, n in zip(new, keep, strict=True)])
-        if not any(len(b) > n for b, n in zip(new, keep, strict=True)):
-            ids, m = ids[:, :0], m[:, :0]  # nothing to feed: no dead column in the cache
         return ids, m, back
 
-    def _score(self, cand, fix_ids, fix_mask, fix_back):
-        """One forward over N·k rows: [correction of the row] + [candidate pieces], rolled back by masking."""
+    def _correct(self, fix_ids, fix_mask, fix_back):
+        """Bring the N kept rows to the bridge's RM prefix: the chosen candidate's later pieces, re-syncs, rows that
+        followed a token outside their candidates. One forward over N rows (not N·k), only when a row changes."""
+        device = self.model.device
+        if not bool(fix_mask.any()) and not bool(fix_back.any()):
+            return  # the common case: every row holds the bridge's prefix already
+        mask = drop_last_real(self.rm_mask, fix_back.to(device))
+        mask = torch.cat([mask, fix_mask.long().to(device)], 1)  # (N, L + F)
+        self._check_length(int(mask.sum(-1).max()))
+        hidden, self.cache = self.model.encode(fix_ids.to(device), mask, cache=self.cache, use_cache=True)
+        self.rm_mask = mask
+        last = _last_real(fix_mask.to(device))  # (N,) −1: the row did not change
+        values = self.model.score_hidden(hidden[torch.arange(len(last), device=device), last.clamp(min=0)],
+                                         label=self.label)  # fmt: skip
+        self.prefix_reward = torch.where(last >= 0, values, self.prefix_reward.to(device))
+
+    def _score(self, cand):
+        """Each candidate's first piece in one forward over N·k rows (rolled back by masking); the candidates with
+        more pieces (a few per step) then go through a copy of their cache rows, so that the forward over all rows
+        stays one token wide."""
         device = self.model.device
         N, k = cand.shape
         self.cand = cand.to(device)
         self.old_prefix = self.state.prefix_ids()
         self.pieces = pieces = self.state.candidates(cand)  # (N, k, S)
-        fix_ids, fix_mask = fix_ids.repeat_interleave(k, 0), fix_mask.repeat_interleave(k, 0)  # (N·k, F)
-        seg_ids = torch.cat([fix_ids, pieces.ids.view(N * k, -1)], 1).to(device)  # (N·k, F + S)
-        seg_mask = torch.cat([fix_mask, pieces.mask.view(N * k, -1)], 1).long().to(device)
-        mask = drop_last_real(self.rm_mask, fix_back.repeat_interleave(k).to(device))
-        mask = torch.cat([mask, seg_mask[:, : fix_ids.shape[1]]], 1)
-        mask = drop_last_real(mask, pieces.rollback.view(-1).to(device))
-        mask = torch.cat([mask, seg_mask[:, fix_ids.shape[1] :]], 1)  # (N·k, L + F + S)
-        self._check_length(int(mask.sum(-1).max()))
-        hidden, self.cache = self.model.encode(seg_ids, mask, cache=self.cache, use_cache=True)
+        ids, pmask = pieces.ids.view(N * k, -1).to(device), pieces.mask.view(N * k, -1).to(device)
+        if ids.shape[1] == 0:  # no candidate adds an RM token: a masked column keeps the shapes
+            ids, pmask = ids.new_zeros(N * k, 1), pmask.new_zeros(N * k, 1)
+        self.cache.batch_repeat_interleave(k)
+        kept = drop_last_real(self.rm_mask.repeat_interleave(k, 0), pieces.rollback.view(-1).to(device))  # (N·k, L)
+        self._check_length(int((kept.sum(-1) + pmask.sum(-1)).max()))
+        mask = torch.cat([kept, pmask[:, :1].long()], 1)  # (N·k, L + 1)
+        hidden, self.cache = self.model.encode(ids[:, :1], mask, cache=self.cache, use_cache=True)
         self.rm_mask = mask
-        last = _last_real(mask[:, -seg_ids.shape[1] :])  # (N·k,) last real column of the segment, −1: none
-        values = self.model.score_hidden(
-            hidden[torch.arange(N * k, device=device), last.clamp(min=0)], label=self.label
-        )
+        values = self.model.score_hidden(hidden[:, -1], label=self.label)  # (N·k,)
         prefix = self.prefix_reward.to(device).repeat_interleave(k)
-        self.last_reward = torch.where(last >= 0, values, prefix)  # (N·k,)
-        return self.last_reward.view(N, k)
+        values = torch.where(pmask[:, 0], values, prefix)
+        longer = (pmask.sum(-1) > 1).nonzero()[:, 0]  # (M,) candidates with later pieces
+        if len(longer):
+            rest, rest_mask = ids[longer, 1:], pmask[longer, 1:]  # (M, S − 1)
+            sub = _select_rows(self.cache, longer)
+            h = self.model.encode(rest, torch.cat([mask[longer], rest_mask.long()], 1), cache=sub, use_cache=True)[0]
+            last = _last_real(rest_mask)  # (M,) ≥ 0
+            values[longer] = self.model.score_hidden(h[torch.arange(len(longer), device=device), last],
+                                                     label=self.label)  # fmt: skip
+        self.last_reward = values  # (N·k,)
+        return values.view(N, k)
+
+
+def _select_rows(cache, rows: torch.Tensor):
+    """A cache holding copies of `rows` of `cache` (which stays as it is): forwards on it append to the copy only."""
+    sub = copy.copy(cache)
+    sub.layers = [copy.copy(layer) for layer in cache.layers]
+    sub.batch_select_indices(rows)  # each layer's keys/values re-bound to gathered copies
+    return sub
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -125,6 +125,40 @@ def test_cross_tokenizer_matches_text_reference(method, lm_name, mode, tokenizer
 
 
 @pytest.mark.parametrize("lm_name", ["sp", "bpe"])
+def test_cross_rad_v_feeds_all_candidates_one_token_wide(lm_name, tokenizers):
+    """The forward over the N·k candidate rows takes one column; only the longer candidates' rows (a copy) take more.
+    (Padding every candidate to the longest one made that forward 3-7× wider on Gemma-3 → SmolLM2.)"""
+    lm, lm_tok, terms, batch, gen = setup_case("rad_v", lm_name, "batch3_left_padded", tokenizers)
+    fast = RewardAugmentedLogitsProcessor.combine(
+        terms, top_k=5, attention_mask=batch["attention_mask"], tokenizer=lm_tok
+    )
+    scorer, rm = fast.scorers[0], terms[0].reward_model
+    widths, multi, encode = [], [], rm.encode
+
+    def spy(ids, *args, **kwargs):
+        widths.append(tuple(ids.shape))
+        return encode(ids, *args, **kwargs)
+
+    score = scorer._score
+
+    def count(cand):
+        out = score(cand)
+        multi.append(int((scorer.pieces.n_tokens > 1).sum()))
+        return out
+
+    rm.encode, scorer._score = spy, count
+    try:
+        torch.manual_seed(0)
+        lm.generate(**batch, logits_processor=[fast], **gen)
+    finally:
+        del rm.encode
+    N, k = len(batch["input_ids"]), 5
+    assert sum(multi) > 0  # the case has multi-token candidates
+    assert all(w == 1 for rows, w in widths if rows == N * k)
+    assert sum(rows < N * k and rows != N for rows, _ in widths) == sum(m > 0 for m in multi)
+
+
+@pytest.mark.parametrize("lm_name", ["sp", "bpe"])
 def test_cross_rad_q_from_an_empty_text(lm_name, tokenizers):
     test_cross_tokenizer_matches_text_reference("rad_q", lm_name, "empty_prompt", tokenizers)
 
