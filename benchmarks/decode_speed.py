@@ -3,6 +3,9 @@
     python benchmarks/decode_speed.py                      # embedded SmolLM2-135M as LM, its first 6 layers as RM
     python benchmarks/decode_speed.py --device cuda --batch_sizes 1 8 32 --naive_batch_sizes 1 8 32
     python benchmarks/decode_speed.py --lm gemma3-270m --name cross   # another tokenizer: scored through text
+    python benchmarks/decode_speed.py --lm benchmarks/configs/gemma3-270m.json --lm_tokenizer DIR \
+        --reward_backbone benchmarks/configs/smollm2-135m.json --reward_tokenizer DIR --reward_layers 12  # the same,
+        # random weights (a GPU without the GGUF; random text has more multi-token candidates than real text)
     python benchmarks/decode_speed.py --reward_layers 12 --trunk_blocks 0 1   # + RAD-Q on the LM's own trunk
     python benchmarks/decode_speed.py --device cuda --dtype bfloat16 --lm benchmarks/configs/llama-3.1-8b.json \
         --reward_backbone benchmarks/configs/smollm2-135m.json --reward_layers 30   # random weights, real shapes
@@ -37,13 +40,13 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, LogitsProcessor
 
 from rad_q_hf import (
-    RADQ,
-    RADV,
     RadQConfig,
     RadQForRewardModeling,
     RadQTrunkForRewardModeling,
     RadVConfig,
     RadVForRewardModeling,
+    RewardAugmentedLogitsProcessor,
+    RewardTerm,
 )
 from rad_q_hf.compat import cache_kwarg, output_cache
 from rad_q_hf.decoding_trunk import RADQTrunk
@@ -85,6 +88,16 @@ class BenchmarkArguments:
     )
     trunk_tap_layer: int = field(
         default=9, metadata={"help": "The trunk models' tap layer (cost does not depend on it)."}
+    )
+    lm_tokenizer: str | None = field(
+        default=None, metadata={"help": "A tokenizer folder for a config-JSON LM: real prompts instead of random ids."}
+    )
+    reward_tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "A tokenizer folder for a config-JSON reward backbone, which then keeps its own vocabulary: with "
+            "--lm_tokenizer, the cross-tokenizer path on random weights (e.g. on a GPU without the GGUF)."
+        },
     )
     output_dir: str = field(default="benchmarks/results", metadata={"help": "Where JSON and markdown go."})
 
@@ -247,20 +260,25 @@ def is_config_file(name: str) -> bool:
 
 
 def build_models(args: BenchmarkArguments):
-    """(lm, rad_q, rad_v, tokenizer or None): pretrained weights, or random ones from config JSONs on the device."""
+    """(lm, rad_q, rad_v, LM tokenizer or None, reward tokenizer or None): pretrained weights, or random ones from
+    config JSONs on the device."""
     dtype = getattr(torch, args.dtype)
     rm_device = args.reward_device or args.device
     if is_config_file(args.lm):
+        config = AutoConfig.from_pretrained(args.lm)
+        tokenizer = AutoTokenizer.from_pretrained(args.lm_tokenizer) if args.lm_tokenizer else None
+        if tokenizer is not None:  # random weights sample any id: only ids the tokenizer can spell
+            config.vocab_size = min(config.vocab_size, len(tokenizer))
         with torch.device(args.device):  # initialise on the device: an 8B model would take minutes on the CPU
-            lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.lm), dtype=dtype)
-        tokenizer = None
+            lm = AutoModelForCausalLM.from_config(config, dtype=dtype)
     else:
         lm_path = resolve(args.lm) if is_embedded(args.lm) else args.lm
         tokenizer = AutoTokenizer.from_pretrained(lm_path)
         lm = AutoModelForCausalLM.from_pretrained(lm_path, dtype=dtype).to(args.device)
     if is_config_file(args.reward_backbone):
         backbone = AutoConfig.from_pretrained(args.reward_backbone)
-        backbone.vocab_size = lm.config.vocab_size
+        if not args.reward_tokenizer:
+            backbone.vocab_size = lm.config.vocab_size
         models = []
         for config_cls, model_cls in ((RadQConfig, RadQForRewardModeling), (RadVConfig, RadVForRewardModeling)):
             with torch.device(rm_device):
@@ -271,7 +289,8 @@ def build_models(args: BenchmarkArguments):
         rm_path = resolve(args.reward_backbone) if is_embedded(args.reward_backbone) else args.reward_backbone
         rad_q = RadQForRewardModeling.from_backbone(rm_path, num_layers=args.reward_layers, dtype=dtype)
         rad_v = RadVForRewardModeling.from_backbone(rm_path, num_layers=args.reward_layers, dtype=dtype)
-    return lm.eval(), rad_q.to(rm_device).eval(), rad_v.to(rm_device).eval(), tokenizer
+    rm_tokenizer = AutoTokenizer.from_pretrained(args.reward_tokenizer) if args.reward_tokenizer else None
+    return lm.eval(), rad_q.to(rm_device).eval(), rad_v.to(rm_device).eval(), tokenizer, rm_tokenizer
 
 
 def trunk_model(lm, args: BenchmarkArguments, num_blocks: int) -> RadQTrunkForRewardModeling:
@@ -285,13 +304,13 @@ def trunk_model(lm, args: BenchmarkArguments, num_blocks: int) -> RadQTrunkForRe
 
 def main(args: BenchmarkArguments) -> list[dict]:
     torch.set_grad_enabled(False)
-    lm, rad_q, rad_v, tokenizer = build_models(args)
+    lm, rad_q, rad_v, tokenizer, rm_tokenizer = build_models(args)
     trunks = {n: trunk_model(lm, args, n) for n in args.trunk_blocks}
     eos_id = lm.config.eos_token_id if tokenizer is None else tokenizer.eos_token_id
     eos_id = eos_id[0] if isinstance(eos_id, list) else eos_id
     rows = []
     for B in args.batch_sizes:
-        if tokenizer is None:
+        if tokenizer is None:  # random weights: random ids
             ids, mask = random_prompts(lm.config.vocab_size, B, args.prompt_tokens, args.device, pad_id=eos_id)
         else:
             ids, mask = make_prompts(tokenizer, B, args.prompt_tokens, args.device)
@@ -309,14 +328,18 @@ def main(args: BenchmarkArguments) -> list[dict]:
         # An LM with another vocabulary (e.g. Gemma-3 steered by SmolLM2 reward models) goes through text: the
         # processor needs the LM's tokenizer then, and the names say so. The same-tokenizer case passes none, so
         # its timing includes no tokenizer check.
-        cross = tokenizer is not None and lm.config.vocab_size != rad_q.config.vocab_size
-        extra = {"tokenizer": tokenizer} if cross else {}
+        if rm_tokenizer is not None:
+            cross = tokenizer is not None and rm_tokenizer.get_vocab() != tokenizer.get_vocab()
+        else:
+            cross = tokenizer is not None and lm.config.vocab_size != rad_q.config.vocab_size
         suffix = "_cross" if cross else ""
-        methods = {
-            "unguided": None,
-            "rad_q" + suffix: partial(RADQ, rad_q, beta=10.0, top_k=k, attention_mask=mask, **extra),
-            "rad_v" + suffix: partial(RADV, rad_v, beta=10.0, top_k=k, attention_mask=mask, **extra),
-        }
+        methods = {"unguided": None}
+        for name, rm in (("rad_q", rad_q), ("rad_v", rad_v)):
+            # A random reward model has no saved tokenizer: --reward_tokenizer's goes into its term.
+            term = RewardTerm(rm, 10.0, 0, "maximize", rm_tokenizer)
+            methods[name + suffix] = partial(
+                RewardAugmentedLogitsProcessor.combine, [term], k, None, mask, tokenizer if cross else None
+            )
         floors = {name + suffix: floor for name, floor in floors.items()}
         if B in args.naive_batch_sizes and not cross:
             methods["rad_v_naive"] = partial(NaiveRADV, rad_v, 10.0, k, mask)

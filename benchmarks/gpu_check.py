@@ -8,7 +8,9 @@ weights from the config JSONs in `benchmarks/configs/` (real shapes: speed does 
     1. `pytest tests/test_devices.py tests/test_decoding.py`: CUDA against the fp32 CPU reference, LM and reward
        model on different devices, one host sync per step, training steps (log in pytest.log);
     2. `decode_speed` for unguided / RAD-Q / RAD-V / naive RAD-V at B ∈ {1, 8, 32, 128}, k = 20, bf16, for each
-       LM + reward-model pair below, largest last (pairs that would start after --budget_s are skipped);
+       LM + reward-model pair below, largest last (pairs that would start after --budget_s are skipped); the
+       cross-tokenizer pair reads the real tokenizers from --tokenizers_dir (`--prepare_tokenizers` writes them here;
+       carry the folder to the GPU machine);
     3. `train_speed` of the reward models (fp32) against the plain backbone.
 Everything lands in gpu_check.json and gpu_check.md (rewritten after every step, so a run cut short keeps what it
 measured), with the issue's goals checked from the ratios of this one run.
@@ -52,6 +54,17 @@ class GpuCheckArguments:
     )
     repeats: int = field(default=1, metadata={"help": "Timed generate calls per decode cell (median kept)."})
     tests_filter: str | None = field(default=None, metadata={"help": "A pytest -k expression for the tests step."})
+    tokenizers_dir: str = field(
+        default="benchmarks/tokenizers",
+        metadata={
+            "help": "Folder with gemma3-270m/ and smollm2-135m/ tokenizers for the cross-tokenizer pair (git-ignored; "
+            "fill it with --prepare_tokenizers here, carry it to the GPU machine); the pair is skipped without it."
+        },
+    )
+    prepare_tokenizers: bool = field(
+        default=False,
+        metadata={"help": "Only write the embedded models' tokenizers into --tokenizers_dir, then stop."},
+    )
     budget_s: float = field(
         default=330.0, metadata={"help": "Start no further decode pair after this many seconds (the run stays short)."}
     )
@@ -60,11 +73,16 @@ class GpuCheckArguments:
 def decode_pairs(quick: bool) -> list[dict]:
     """(name, LM config, reward-backbone config, reward layers): the reward model guiding the LM."""
     c = lambda name: str(CONFIGS / f"{name}.json")  # noqa: E731
-    if quick:
-        return [dict(name="quick", lm=c("tiny-llama"), rm=c("tiny-llama"), layers=1)]
+    if quick:  # the cross pair reads tiny tokenizers from --tokenizers_dir (tests/test_gpu_check.py writes them)
+        return [
+            dict(name="quick", lm=c("tiny-llama"), rm=c("tiny-llama"), layers=1),
+            dict(name="quick_cross", lm=c("tiny-llama"), rm=c("tiny-llama"), layers=1, cross=True),
+        ]
     return [
         # The shipped models' depth: the first 12 of SmolLM2-135M's 30 layers, guiding SmolLM2-135M itself.
         dict(name="lm135m_rm135m-12l", lm=c("smollm2-135m"), rm=c("smollm2-135m"), layers=12),
+        # Another tokenizer (issue 14): Gemma-3-270M steered through text by the shipped models' shape.
+        dict(name="gemma270m_rm135m-12l_cross", lm=c("gemma3-270m"), rm=c("smollm2-135m"), layers=12, cross=True),
         dict(name="lm8b_rm135m", lm=c("llama-3.1-8b"), rm=c("smollm2-135m"), layers=30),
         dict(name="lm1.7b_rm135m", lm=c("smollm2-1.7b"), rm=c("smollm2-135m"), layers=30),
         dict(name="lm8b_rm135m-12l", lm=c("llama-3.1-8b"), rm=c("smollm2-135m"), layers=12),
@@ -82,20 +100,34 @@ def run_tests(out: Path, filter_: str | None) -> dict:
     return {"returncode": proc.returncode, "summary": summary}
 
 
-def run_decode(pair: dict, quick: bool, device: str, tmp: str, repeats: int) -> list[dict]:
+def prepare_tokenizers(dest: Path) -> None:
+    """The embedded Gemma-3 and SmolLM2 tokenizers (37 MB) in `dest`: the GPU machine has neither GGUF nor Hub."""
+    from transformers import AutoTokenizer
+
+    from rad_q_hf.embedded import resolve
+
+    for name in ("gemma3-270m", "smollm2-135m"):
+        AutoTokenizer.from_pretrained(resolve(name)).save_pretrained(dest / name)
+        print(f"wrote {dest / name}")
+
+
+def run_decode(pair: dict, quick: bool, device: str, tmp: str, repeats: int, tokenizers: Path) -> list[dict]:
+    cross = pair.get("cross", False)  # random weights and real tokenizers: the bridge sees random text
     args = decode_speed.BenchmarkArguments(
         lm=pair["lm"],
         reward_backbone=pair["rm"],
         reward_layers=pair["layers"],
-        batch_sizes=[1, 2] if quick else [1, 8, 32, 128],
-        naive_batch_sizes=[1] if quick else [1, 8, 32, 128],
+        lm_tokenizer=str(tokenizers / "gemma3-270m") if cross else None,
+        reward_tokenizer=str(tokenizers / "smollm2-135m") if cross else None,
+        batch_sizes=[1, 2] if quick else [1, 8, 32] if cross else [1, 8, 32, 128],
+        naive_batch_sizes=[] if cross else [1] if quick else [1, 8, 32, 128],
         prompt_tokens=8 if quick else 32,
         new_tokens=4 if quick else 64,
         device=device,
         dtype="float32" if quick else "bfloat16",
         warmup=True,
         repeats=repeats,
-        trunk_blocks=[0, 1],  # RAD-Q on the LM's own trunk (issue 15): its cost does not depend on the tap layer
+        trunk_blocks=[] if cross else [0, 1],  # RAD-Q on the LM's own trunk (issue 15): any tap layer costs alike
         trunk_tap_layer=1 if quick else 9,
         output_dir=tmp,
         name=pair["name"],
@@ -128,8 +160,9 @@ def goals(rows: list[dict]) -> list[str]:
     pairs = sorted({r["pair"] for r in rows}, key=[r["pair"] for r in rows].index)
     for pair in pairs:
         bs = sorted({b for (p, b, _) in by if p == pair})
-        q = {b: by[(pair, b, "rad_q")]["ratio"] for b in bs if (pair, b, "rad_q") in by}
-        v = {b: by[(pair, b, "rad_v")]["ms_per_token"] / by[(pair, b, "rad_q")]["ms_per_token"] for b in q}
+        rad_q, rad_v = ("rad_q_cross", "rad_v_cross") if pair.endswith("_cross") else ("rad_q", "rad_v")
+        q = {b: by[(pair, b, rad_q)]["ratio"] for b in bs if (pair, b, rad_q) in by}
+        v = {b: by[(pair, b, rad_v)]["ms_per_token"] / by[(pair, b, rad_q)]["ms_per_token"] for b in q}
         if "_rm135m" in pair and not pair.startswith("lm135m"):
             met = all(x <= 1.10 for x in q.values())
             lines.append(
@@ -137,7 +170,7 @@ def goals(rows: list[dict]) -> list[str]:
                 f"({', '.join(f'B={b}: {x:.2f}' for b, x in q.items())})"
             )
         grows = all(v[a] <= v[b] for a, b in zip(list(v), list(v)[1:], strict=False))
-        neck = [b for b in q if by[(pair, b, "rad_v")]["ratio"] >= 2.0]
+        neck = [b for b in q if by[(pair, b, rad_v)]["ratio"] >= 2.0]
         lines.append(
             f"- {pair}: RAD-V ÷ RAD-Q time {', '.join(f'B={b}: {x:.2f}' for b, x in v.items())} "
             f"({'grows' if grows else 'does not grow monotonically'} with B); RAD-V at least doubles the LM's step "
@@ -146,7 +179,7 @@ def goals(rows: list[dict]) -> list[str]:
         over = [
             f"{m} B={b}: {by[(pair, b, m)]['ratio_to_floor']:.2f}"
             for b in bs
-            for m in ("rad_q", "rad_v")
+            for m in (rad_q, rad_v)
             if (pair, b, m) in by and by[(pair, b, m)]["ratio_to_floor"] > 1.05
         ]
         lines.append(
@@ -187,6 +220,8 @@ def write(out: Path, report: dict) -> None:
         lines += ["| step | ms/step | tokens/s | ratio to baseline |", "|---|---:|---:|---:|"]
         for name, r in report["train"].items():
             lines.append(f"| {name} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:.0f} | {r['ratio']:.2f} |")
+    if report["skipped"]:
+        lines += ["", "Skipped decode pairs: " + "; ".join(report["skipped"])]
     if report["errors"]:
         lines += ["", "## Errors", ""] + [f"- {e.splitlines()[-1]}" for e in report["errors"]]
     (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
@@ -194,6 +229,9 @@ def write(out: Path, report: dict) -> None:
 
 def main(args: GpuCheckArguments) -> dict:
     start = time.perf_counter()
+    tokenizers = Path(args.tokenizers_dir)
+    if args.prepare_tokenizers:
+        return prepare_tokenizers(tokenizers)
     device = "cpu" if args.quick else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device here; use --quick for the CPU smoke run.")
@@ -230,9 +268,13 @@ def main(args: GpuCheckArguments) -> dict:
             if time.perf_counter() - start > args.budget_s:
                 report["skipped"].append(pair["name"])
                 continue
+            if pair.get("cross") and not (tokenizers / "gemma3-270m").is_dir():
+                report["skipped"].append(f"{pair['name']} (no {tokenizers}/: --prepare_tokenizers, then carry it)")
+                continue
             report["decode"] += (
                 step(
-                    f"decode_speed {pair['name']}", lambda p=pair: run_decode(p, args.quick, device, tmp, args.repeats)
+                    f"decode_speed {pair['name']}",
+                    lambda p=pair: run_decode(p, args.quick, device, tmp, args.repeats, tokenizers),
                 )
                 or []
             )
