@@ -77,8 +77,9 @@ def record_processor_calls(monkeypatch) -> list:
     return calls
 
 
-class ReferenceRAD:
-    """z_v + Σ β·clamp(r_v) on the candidates, −inf elsewhere; rewards recomputed from scratch."""
+class ReferenceProcessor:
+    """z_v + Σ β·clamp(r_v) on the candidates (top-k, then top-p), −inf elsewhere; `reward` recomputes each term's
+    rewards from scratch on the row's real tokens (the subclasses: shared vocabulary, LM trunk, through text)."""
 
     def __init__(self, terms, top_k, top_p, prompt_mask):
         self.terms, self.top_k, self.top_p, self.prompt_mask = terms, top_k, top_p, prompt_mask
@@ -90,7 +91,7 @@ class ReferenceRAD:
         out = torch.full_like(scores, -math.inf)
         for i in range(N):
             real = input_ids[i][mask[i]]  # the row's tokens without padding
-            cand = scores[i].topk(self.top_k).indices if self.top_k else torch.arange(V)
+            cand = scores[i].topk(self.top_k).indices if self.top_k else torch.arange(scores.shape[-1])
             z = scores[i, cand]
             keep = torch.ones_like(cand, dtype=torch.bool)
             if self.top_p is not None:
@@ -100,17 +101,26 @@ class ReferenceRAD:
                 keep[order] = mass_before < self.top_p
             total = z.clone()
             for term in self.terms:
-                rm, label = term.reward_model, term.reward_model.config.label_index(term.label)
-                if rm.config.model_type == "rad_v":  # r(prefix ⊕ v): score each full sequence
-                    seqs = torch.cat([real.repeat(len(cand), 1), cand[:, None]], 1)
-                    r = rm(seqs, use_cache=False).rewards[:, -1, label]
-                else:  # r(BOS ⊕ prefix, v) from the full-vocabulary head
-                    seq = torch.cat([torch.tensor([BOS]), real])[None]
-                    r = rm(seq, use_cache=False).rewards[0, -1, label, cand]
-                r = r.clamp(0, 1)
+                r = self.reward(term, term.reward_model.config.label_index(term.label), real, cand).clamp(0, 1)
                 total += term.beta * (1 - r if term.direction == "minimize" else r)
             out[i, cand[keep]] = total[keep]
         return out
+
+    def reward(self, term, label, real, cand):
+        """(k,) rewards of the candidates `cand` after the real tokens `real` (1-D tensors)."""
+        raise NotImplementedError
+
+
+class ReferenceRAD(ReferenceProcessor):
+    """Shared vocabulary: RAD-V scores each full sequence, RAD-Q reads the full-vocabulary head after BOS ⊕ prefix."""
+
+    def reward(self, term, label, real, cand):
+        rm = term.reward_model
+        if rm.config.model_type == "rad_v":  # r(prefix ⊕ v): score each full sequence
+            seqs = torch.cat([real.repeat(len(cand), 1), cand[:, None]], 1)
+            return rm(seqs, use_cache=False).rewards[:, -1, label]
+        seq = torch.cat([torch.tensor([BOS]), real])[None]  # r(BOS ⊕ prefix, v) from the full-vocabulary head
+        return rm(seq, use_cache=False).rewards[0, -1, label, cand]
 
 
 def setup_case(method, backbone, mode):

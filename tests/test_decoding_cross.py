@@ -8,12 +8,10 @@ reward models use tiny tokenizers that disagree on purpose (SentencePiece-style 
 two byte-level BPEs with different merges).
 """
 
-import math
-
 import pytest
 import torch
 from conftest import build_reward_model, gpt2_config
-from test_decoding import Recorder, real_tokens_mask, spread
+from test_decoding import Recorder, ReferenceProcessor, spread
 from test_tokenizer_bridge import CORPUS, byte_level_bpe, sentencepiece_style
 from transformers import AutoModelForCausalLM
 
@@ -32,30 +30,18 @@ def tokenizers():
     return {"sp": sentencepiece_style(CORPUS, 140), "bpe": byte_level_bpe(CORPUS, 400), "rm": rm_tok}
 
 
-class ReferenceCross:
-    """Σ β·clamp(r) on the LM's top-k, −inf elsewhere, every reward recomputed from the re-tokenized full text."""
+class ReferenceCross(ReferenceProcessor):
+    """Every reward recomputed from the re-tokenized full text (no top-p: the cross path needs top-k)."""
 
     def __init__(self, terms, top_k, lm_tok, prompt_mask):
-        self.terms, self.top_k, self.lm_tok, self.prompt_mask = terms, top_k, lm_tok, prompt_mask
+        super().__init__(terms, top_k, None, prompt_mask)
+        self.lm_tok = lm_tok
 
-    @torch.no_grad()
-    def __call__(self, input_ids, scores):
-        N, P = input_ids.shape
-        mask = real_tokens_mask(self.prompt_mask, N, P)
-        out = torch.full_like(scores, -math.inf)
-        for i in range(N):
-            real = input_ids[i][mask[i]].tolist()
-            cand = scores[i].topk(self.top_k).indices
-            total = scores[i, cand].clone()
-            for term in self.terms:
-                r = torch.stack([self.reward(term, real, int(c)) for c in cand]).clamp(0, 1)
-                total += term.beta * (1 - r if term.direction == "minimize" else r)
-            out[i, cand] = total
-        return out
+    def reward(self, term, label, real, cand):
+        return torch.stack([self.reward_of(term, label, real.tolist(), int(c)) for c in cand])
 
-    def reward(self, term, real, c):
+    def reward_of(self, term, label, real, c):
         rm, rm_tok = term.reward_model, term.tokenizer
-        label = rm.config.label_index(term.label)
         prefix = reference_rm_ids(self.lm_tok, rm_tok, real)
         full = reference_rm_ids(self.lm_tok, rm_tok, real + [c])
         if rm.config.model_type == "rad_v":

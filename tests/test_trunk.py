@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from conftest import BACKBONES, build_reward_model
-from test_decoding import PAD, Recorder, V, prompts, real_tokens_mask, record_processor_calls, spread
+from test_decoding import PAD, Recorder, ReferenceProcessor, V, prompts, record_processor_calls, spread
 from transformers import AutoModel, AutoModelForCausalLM
 
 from rad_q_hf import RadQTrunkForRewardModeling, RewardAugmentedLogitsProcessor, RewardTerm, reward_augmented_generate
@@ -159,39 +159,20 @@ def test_config_errors():
 MODES = ["batch1", "batch3_left_padded", "num_return_sequences2", "beam2", "eos_early", "top_p", "combined"]
 
 
-class TrunkReference:
-    """z_v + Σ β·clamp(r_v) on the candidates; trunk rewards from a hook-free LM forward on the whole real prefix."""
+class TrunkReference(ReferenceProcessor):
+    """Trunk rewards from a hook-free LM forward on the whole real prefix; a separate RAD-Q term as usual."""
 
     def __init__(self, lm, terms, top_k, top_p, prompt_mask):
-        self.lm, self.terms, self.top_k, self.top_p, self.prompt_mask = lm, terms, top_k, top_p, prompt_mask
+        super().__init__(terms, top_k, top_p, prompt_mask)
+        self.lm = lm
 
-    @torch.no_grad()
-    def __call__(self, input_ids, scores):
-        N, P = input_ids.shape
-        mask = real_tokens_mask(self.prompt_mask, N, P)
-        out = torch.full_like(scores, -math.inf)
-        for i in range(N):
-            real = input_ids[i][mask[i]]
-            cand = scores[i].topk(self.top_k).indices if self.top_k else torch.arange(V)
-            z = scores[i, cand]
-            keep = torch.ones_like(cand, dtype=torch.bool)
-            if self.top_p is not None:
-                probs = z.softmax(-1)
-                order = probs.argsort(descending=True)
-                keep[order] = (probs[order].cumsum(0) - probs[order]) < self.top_p
-            total = z.clone()
-            for term in self.terms:
-                rm, label = term.reward_model, term.reward_model.config.label_index(term.label)
-                if rm.config.model_type == "rad_q_trunk":
-                    g, _ = rm.run_top(reference_states(self.lm, real))  # no mask, no cache: the whole prefix
-                    r = rm.score_hidden(g[0, -1], cand, label=label)
-                else:  # a separate RAD-Q term: BOS ⊕ prefix, full vocabulary
-                    seq = torch.cat([torch.tensor([0]), real])[None]
-                    r = rm(seq, use_cache=False).rewards[0, -1, label, cand]
-                r = r.clamp(0, 1)
-                total += term.beta * (1 - r if term.direction == "minimize" else r)
-            out[i, cand[keep]] = total[keep]
-        return out
+    def reward(self, term, label, real, cand):
+        rm = term.reward_model
+        if rm.config.model_type == "rad_q_trunk":
+            g, _ = rm.run_top(reference_states(self.lm, real))  # no mask, no cache: the whole prefix
+            return rm.score_hidden(g[0, -1], cand, label=label)
+        seq = torch.cat([torch.tensor([0]), real])[None]  # a separate RAD-Q term: BOS ⊕ prefix, full vocabulary
+        return rm(seq, use_cache=False).rewards[0, -1, label, cand]
 
 
 def trunk_case(backbone, mode, num_blocks=1):
