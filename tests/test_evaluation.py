@@ -408,6 +408,30 @@ def test_more_betas_and_other_judges_reuse_the_samples(models, reference_run, tm
     assert extended["results"]["rad-q_b2"]["avg_max_toxicity"] == report["results"]["rad-q_b2"]["avg_max_toxicity"]
 
 
+def test_more_prompts_judge_only_the_new_ones(models, reference_run, tmp_path, monkeypatch):
+    """A run resumed with more prompts samples and judges only those: the stored scores of the first ones are kept,
+    and the result equals a run that had all prompts from the start."""
+    from rad_q_hf.evaluation import scoring
+
+    reference, report = reference_run
+    run_evaluation(tiny_config(models, tmp_path, num_prompts=4))  # whole batches of 2: the same samples as 5 prompts
+    judged = []
+    real = scoring._judge
+    monkeypatch.setattr(scoring, "_judge", lambda s, prompts, *a: judged.append(prompts) or real(s, prompts, *a))
+    extended = run_evaluation(tiny_config(models, tmp_path))
+    prompts = [r["prompt"] for r in merged(reference, "none")]
+    assert judged == [prompts[4:]] * 5  # every setting: the new prompt only
+    for name, m in without_timing(extended["results"]).items():  # judged in other batches: float noise only
+        ref = without_timing(report["results"])[name]
+        same = {
+            k: v == (pytest.approx(ref[k], rel=1e-5) if isinstance(ref[k], float) else ref[k]) for k, v in m.items()
+        }
+        assert all(same.values()), (name, m, ref)
+    judged.clear()
+    again = run_evaluation(tiny_config(models, tmp_path))  # nothing new: nothing judged
+    assert judged == [] and without_timing(again["results"]) == without_timing(extended["results"])
+
+
 def test_accelerate_two_processes_match_one_process(models, tmp_path):
     # the README's line: `accelerate launch --multi_gpu --num_processes 2 -m rad_q_hf.cli evaluate ...`
     argv = ["evaluate", "--method", "none,rad-q", "--beta", "8", "--num-prompts", "5", "--samples-per-prompt", "3",

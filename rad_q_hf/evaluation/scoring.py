@@ -64,34 +64,53 @@ class Judges:
 
 
 def score_setting(setting: Setting, rows: list[dict], judges: Judges, output: str) -> dict:
-    """Per-sample judge outputs for a setting, cached in `scores/<setting>.json` (NaN stored as null)."""
+    """Per-sample judge outputs for a setting, cached in `scores/<setting>.json` (NaN stored as null).
+
+    A prompt whose samples the cache already judged (same index, prompt and continuations, same judges) is not judged
+    again: a run resumed with more prompts judges only the new ones.
+    """
     path = Path(output) / "scores" / f"{setting.name}.json"
     prompts = [r["prompt"] for r in rows]
     conts = [r["continuations"] for r in rows]
-    if path.exists():
-        cached = json.loads(path.read_text())
-        if cached["judges"] == judges.names() and cached["prompts"] == prompts and cached["continuations"] == conts:
-            return cached
+    cached = json.loads(path.read_text()) if path.exists() else None
+    if cached is None or cached["judges"] != judges.names():
+        cached = {"prompts": [], "continuations": []}
+    known = [
+        i < len(cached["prompts"]) and cached["prompts"][i] == prompts[i] and cached["continuations"][i] == conts[i]
+        for i in range(len(rows))
+    ]
+    todo = [i for i in range(len(rows)) if not known[i]]
+    new = _judge(setting, [prompts[i] for i in todo], [conts[i] for i in todo], judges) if todo else {}
+    scores = {"judges": judges.names(), "prompts": prompts, "continuations": conts}
+    for key in new or (k for k in cached if k not in ("judges", "prompts", "continuations")):
+        fresh = iter(new.get(key, []))
+        scores[key] = [cached[key][i] if known[i] else next(fresh) for i in range(len(rows))]
+    if todo or len(cached["prompts"]) != len(rows):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_nan_to_null(scores)) + "\n")
+    return json.loads(json.dumps(_nan_to_null(scores)))
+
+
+def _judge(setting: Setting, prompts: list[str], conts: list[list[str]], judges: Judges) -> dict:
+    """{judge key: per-prompt lists of per-sample scores} for these prompts' samples."""
     sizes = [len(c) for c in conts]
     flat = [c for row in conts for c in row]
     whole = [p + c for p, row in zip(prompts, conts, strict=True) for c in row]
-    scores = {"judges": judges.names(), "prompts": prompts, "continuations": conts}
-    if "toxicity" in scores["judges"]:  # the continuation alone is scored, as DExperts / RAD do
+    names, scores = judges.names(), {}
+    if "toxicity" in names:  # the continuation alone is scored, as DExperts / RAD do
         tqdm.write(f"{setting.name}: toxicity of {len(flat)} samples", file=sys.stderr)
         scores["toxicity"] = regroup(judges.get("toxicity").score(flat), sizes)
-    if "sentiment" in scores["judges"]:  # prompt + continuation, as the papers do
+    if "sentiment" in names:  # prompt + continuation, as the papers do
         tqdm.write(f"{setting.name}: sentiment of {len(flat)} samples", file=sys.stderr)
         scores["sentiment"] = regroup(judges.get("sentiment").classify(whole), sizes)
-    judged = flat if "toxicity" in scores["judges"] else whole
-    for method in scores["judges"].get("reward_models", {}):  # on the judge's text (see the module docstring)
+    judged = flat if "toxicity" in names else whole
+    for method in names.get("reward_models", {}):  # on the judge's text (see the module docstring)
         tqdm.write(f"{setting.name}: {method} reward model's score of {len(flat)} samples", file=sys.stderr)
         scores[f"rm_{method}"] = regroup(judges.reward_scores(method, judged), sizes)
-    if scores["judges"]["fluency"] != "none":
+    if names["fluency"] != "none":
         fluency = judges.get("fluency")
         scores["perplexity"] = fluency.perplexities(prompts, conts, progress=f"{setting.name}: perplexity")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_nan_to_null(scores)) + "\n")
-    return json.loads(path.read_text())
+    return scores
 
 
 def _nan_to_null(value):
