@@ -393,17 +393,22 @@ def test_rerun_with_retrained_reward_model_is_refused_until_its_samples_go(model
     assert run_evaluation(config)["results"]["rad-q_b2"]["num_prompts"] == 5  # and the run goes on from there
 
 
-def test_more_betas_and_other_judges_reuse_the_samples(models, reference_run, tmp_path):
+def test_more_betas_and_other_judges_reuse_the_samples(models, reference_run, tmp_path, monkeypatch):
     import shutil
+
+    from rad_q_hf.evaluation import scoring
 
     reference, report = reference_run
     shutil.copytree(reference, tmp_path / "run")
-    calls = []
+    calls, judged = [], []
+    real = scoring._judge
+    monkeypatch.setattr(scoring, "_judge", lambda s, *a: judged.append((s.name, sorted(a[-1]))) or real(s, *a))
     extended = run_evaluation(
         tiny_config(models, tmp_path / "run", methods=("rad-q",), betas=(2.0, 8.0, 20.0), fluency_lm="none"),
         on_batch=lambda s, b: calls.append(s.name),
     )
     assert calls == ["rad-q_b20"] * 3  # only the new β is sampled
+    assert judged == [("rad-q_b20", ["rm_rad-q", "toxicity"])]  # and judged: the others' scores are all kept
     assert "perplexity" not in extended["results"]["rad-q_b2"]  # rescored without the fluency judge
     assert extended["results"]["rad-q_b2"]["avg_max_toxicity"] == report["results"]["rad-q_b2"]["avg_max_toxicity"]
 

@@ -66,48 +66,60 @@ class Judges:
 def score_setting(setting: Setting, rows: list[dict], judges: Judges, output: str) -> dict:
     """Per-sample judge outputs for a setting, cached in `scores/<setting>.json` (NaN stored as null).
 
-    A prompt whose samples the cache already judged (same index, prompt and continuations, same judges) is not judged
-    again: a run resumed with more prompts judges only the new ones.
+    Stored scores are reused per judge: a prompt whose samples are unchanged (same index, prompt and continuations)
+    keeps the scores of every judge that is unchanged too. A run resumed with more prompts judges only the new ones;
+    a run with another fluency judge (or none) re-judges only perplexity.
     """
     path = Path(output) / "scores" / f"{setting.name}.json"
     prompts = [r["prompt"] for r in rows]
     conts = [r["continuations"] for r in rows]
-    cached = json.loads(path.read_text()) if path.exists() else None
-    if cached is None or cached["judges"] != judges.names():
-        cached = {"prompts": [], "continuations": []}
+    cached = json.loads(path.read_text()) if path.exists() else {"judges": {}, "prompts": [], "continuations": []}
     known = [
         i < len(cached["prompts"]) and cached["prompts"][i] == prompts[i] and cached["continuations"][i] == conts[i]
         for i in range(len(rows))
     ]
-    todo = [i for i in range(len(rows)) if not known[i]]
-    new = _judge(setting, [prompts[i] for i in todo], [conts[i] for i in todo], judges) if todo else {}
+    old, now = _judge_of_key(cached["judges"]), _judge_of_key(judges.names())
+    same = {key for key in now if key in cached and old.get(key) == now[key]}  # reusable for the known prompts
+    new_rows = [i for i in range(len(rows)) if not known[i]]
+    fresh = {}
+    for keys, todo in ((set(now) - same, range(len(rows))), (same, new_rows)):
+        if keys and todo:
+            judged = _judge(setting, [prompts[i] for i in todo], [conts[i] for i in todo], judges, keys)
+            fresh.update({key: dict(zip(todo, judged[key], strict=True)) for key in keys})
     scores = {"judges": judges.names(), "prompts": prompts, "continuations": conts}
-    for key in new or (k for k in cached if k not in ("judges", "prompts", "continuations")):
-        fresh = iter(new.get(key, []))
-        scores[key] = [cached[key][i] if known[i] else next(fresh) for i in range(len(rows))]
-    if todo or len(cached["prompts"]) != len(rows):
+    for key in now:
+        scores[key] = [fresh[key][i] if i in fresh.get(key, {}) else cached[key][i] for i in range(len(rows))]
+    if fresh or set(cached) != set(scores) or len(cached["prompts"]) != len(rows):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(_nan_to_null(scores)) + "\n")
     return json.loads(json.dumps(_nan_to_null(scores)))
 
 
-def _judge(setting: Setting, prompts: list[str], conts: list[list[str]], judges: Judges) -> dict:
-    """{judge key: per-prompt lists of per-sample scores} for these prompts' samples."""
+def _judge_of_key(names: dict) -> dict[str, str]:
+    """{score key: the judge that fills it} for a `Judges.names()` dict."""
+    keys = {kind: names[kind] for kind in ("toxicity", "sentiment") if kind in names}
+    keys |= {f"rm_{method}": name for method, name in names.get("reward_models", {}).items()}
+    return keys | ({"perplexity": names["fluency"]} if names.get("fluency", "none") != "none" else {})
+
+
+def _judge(setting: Setting, prompts: list[str], conts: list[list[str]], judges: Judges, keys: set[str]) -> dict:
+    """{key: per-prompt lists of per-sample scores} for these prompts' samples, for the score `keys` asked."""
     sizes = [len(c) for c in conts]
     flat = [c for row in conts for c in row]
     whole = [p + c for p, row in zip(prompts, conts, strict=True) for c in row]
     names, scores = judges.names(), {}
-    if "toxicity" in names:  # the continuation alone is scored, as DExperts / RAD do
+    if "toxicity" in keys:  # the continuation alone is scored, as DExperts / RAD do
         tqdm.write(f"{setting.name}: toxicity of {len(flat)} samples", file=sys.stderr)
         scores["toxicity"] = regroup(judges.get("toxicity").score(flat), sizes)
-    if "sentiment" in names:  # prompt + continuation, as the papers do
+    if "sentiment" in keys:  # prompt + continuation, as the papers do
         tqdm.write(f"{setting.name}: sentiment of {len(flat)} samples", file=sys.stderr)
         scores["sentiment"] = regroup(judges.get("sentiment").classify(whole), sizes)
     judged = flat if "toxicity" in names else whole
     for method in names.get("reward_models", {}):  # on the judge's text (see the module docstring)
-        tqdm.write(f"{setting.name}: {method} reward model's score of {len(flat)} samples", file=sys.stderr)
-        scores[f"rm_{method}"] = regroup(judges.reward_scores(method, judged), sizes)
-    if names["fluency"] != "none":
+        if f"rm_{method}" in keys:
+            tqdm.write(f"{setting.name}: {method} reward model's score of {len(flat)} samples", file=sys.stderr)
+            scores[f"rm_{method}"] = regroup(judges.reward_scores(method, judged), sizes)
+    if "perplexity" in keys:
         fluency = judges.get("fluency")
         scores["perplexity"] = fluency.perplexities(prompts, conts, progress=f"{setting.name}: perplexity")
     return scores
