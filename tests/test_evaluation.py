@@ -409,6 +409,10 @@ def test_more_betas_and_other_judges_reuse_the_samples(models, reference_run, tm
     )
     assert calls == ["rad-q_b20"] * 3  # only the new β is sampled
     assert judged == [("rad-q_b20", ["rm_rad-q", "toxicity"])]  # and judged: the others' scores are all kept
+    judged.clear()
+    again = run_evaluation(tiny_config(models, tmp_path / "run", methods=("rad-q",), betas=(2.0, 8.0, 20.0)))
+    assert judged == [("rad-q_b20", ["perplexity"])]  # leaving it out did not drop the stored perplexities
+    assert again["results"]["rad-q_b2"]["perplexity"] == report["results"]["rad-q_b2"]["perplexity"]
     assert "perplexity" not in extended["results"]["rad-q_b2"]  # rescored without the fluency judge
     assert extended["results"]["rad-q_b2"]["avg_max_toxicity"] == report["results"]["rad-q_b2"]["avg_max_toxicity"]
 

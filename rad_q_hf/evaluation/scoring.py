@@ -68,7 +68,8 @@ def score_setting(setting: Setting, rows: list[dict], judges: Judges, output: st
 
     Stored scores are reused per judge: a prompt whose samples are unchanged (same index, prompt and continuations)
     keeps the scores of every judge that is unchanged too. A run resumed with more prompts judges only the new ones;
-    a run with another fluency judge (or none) re-judges only perplexity.
+    a run with another fluency judge re-judges only perplexity, and one without (`none`) leaves the stored file as it
+    is, so that a later run with the judge back finds its scores.
     """
     path = Path(output) / "scores" / f"{setting.name}.json"
     prompts = [r["prompt"] for r in rows]
@@ -89,7 +90,7 @@ def score_setting(setting: Setting, rows: list[dict], judges: Judges, output: st
     scores = {"judges": judges.names(), "prompts": prompts, "continuations": conts}
     for key in now:
         scores[key] = [fresh[key][i] if i in fresh.get(key, {}) else cached[key][i] for i in range(len(rows))]
-    if fresh or set(cached) != set(scores) or len(cached["prompts"]) != len(rows):
+    if fresh or len(cached["prompts"]) != len(rows):  # not when a judge was only left out: its scores stay stored
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(_nan_to_null(scores)) + "\n")
     return json.loads(json.dumps(_nan_to_null(scores)))
