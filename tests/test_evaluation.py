@@ -78,7 +78,7 @@ def test_distinct_n_by_hand():
 def test_perplexity_metrics_drop_large_and_nan():
     m = perplexity_metrics([[5.0, 1e5, 99999.0], [NAN, 15.0]])
     assert m["perplexity"] == pytest.approx((5 + 99999 + 15) / 3)
-    assert m["perplexity_dropped"] == 2
+    assert m["perplexity_dropped"] == 2 and m["perplexity_median"] == 15.0
 
 
 def test_conditional_perplexity_matches_separate_forwards(tokenizer):

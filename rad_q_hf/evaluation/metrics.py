@@ -5,6 +5,7 @@ Every function takes one list per prompt (that prompt's samples), so the per-pro
 """
 
 import math
+import statistics
 
 import torch
 from tqdm.auto import tqdm
@@ -103,14 +104,17 @@ def paired_difference(a: list[float], b: list[float]) -> dict:
 
 
 def perplexity_metrics(perplexities: list[list[float]], max_perplexity: float = 1e5) -> dict:
-    """Mean conditional perplexity over all samples, dropping values ≥ `max_perplexity` (and NaN) first.
+    """Mean conditional perplexity over all samples (the papers' statistic), dropping values ≥ `max_perplexity` (and
+    NaN) first, and the median: a few near-impossible continuations (PPL in the thousands) move the mean by tens of
+    percent, the median not.
 
-    >>> perplexity_metrics([[10.0, 30.0], [2e5, float("nan")]])
-    {'perplexity': 20.0, 'perplexity_dropped': 2}
+    >>> perplexity_metrics([[10.0, 30.0], [2e5, float("nan")], [11.0]])
+    {'perplexity': 17.0, 'perplexity_median': 11.0, 'perplexity_dropped': 2}
     """
     flat = [p for row in perplexities for p in row]
     kept = [p for p in flat if not math.isnan(p) and p < max_perplexity]
-    return {"perplexity": _mean(kept), "perplexity_dropped": len(flat) - len(kept)}
+    median = statistics.median(kept) if kept else math.nan
+    return {"perplexity": _mean(kept), "perplexity_median": median, "perplexity_dropped": len(flat) - len(kept)}
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ COLUMNS = {  # metric -> column title, shown when present
     "rm_rad-v": "by RAD-V RM",
     "rm_rad-q-trunk": "by trunk RM",
     "perplexity": "PPL ↓",
+    "perplexity_median": "PPL median ↓",
     "dist-1": "dist-1",
     "dist-2": "dist-2",
     "dist-3": "dist-3",
@@ -42,7 +43,7 @@ def markdown_table(results: dict) -> str:
 def _fmt(column: str, value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if column == "perplexity":
+    if column.startswith("perplexity"):
         return f"{value:.1f}"
     if column == "generation_seconds":
         return f"{value:.0f}"
