@@ -100,6 +100,7 @@ class CrossRadVScorer(_CrossScorer):
         hidden, self.cache = self.model.encode(rm_ids, rm_mask, use_cache=True)
         self.prefix_reward = self.model.score_hidden(hidden[:, -1], label=self.label)  # (N,) left-padded: last = real
         self.rm_mask = rm_mask
+        self._expand(cand.shape[1])
         return self._score(cand)
 
     def _step(self, new_tok, mask, beam_idx, cand):
@@ -108,15 +109,29 @@ class CrossRadVScorer(_CrossScorer):
         src = beam_idx.to(device) if beam_idx is not None else torch.arange(N, device=device)  # (N,)
         chosen = (self.cand[src] == new_tok.to(device)).int().argmax(-1)  # (N,), 0 for a token outside
         rows = src * k_prev + chosen  # (N,) the cache rows that continue
-        self.cache.batch_select_indices(rows)  # one gather, down to N rows
-        self.rm_mask = self.rm_mask[rows]
         self.prefix_reward = self.last_reward[rows]  # value of the chosen candidate's text
         held = self._row_contents(src.tolist(), chosen.tolist())  # RM ids each kept cache row holds
         if beam_idx is not None:
             self.state.reorder(beam_idx)
         self.state.advance(new_tok[:, 0])
-        self._correct(*self._corrections(held))
+        fix_ids, fix_mask, fix_back = self._corrections(held)
+        k = cand.shape[1]
+        if bool(fix_mask.any()) or bool(fix_back.any()):  # down to the N rows, bring them up to date, k copies each
+            self._keep(rows)
+            self._correct(fix_ids, fix_mask, fix_back)
+            self._expand(k)
+        else:  # the common case: every kept row holds the bridge's prefix already, one gather to N·k rows
+            self._keep(rows.repeat_interleave(k))
         return self._score(cand)
+
+    def _keep(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+        self.rm_mask = self.rm_mask[rows]
+
+    def _expand(self, k: int) -> None:
+        """Each of the N cache rows k times, one per candidate."""
+        self.cache.batch_repeat_interleave(k)
+        self.rm_mask = self.rm_mask.repeat_interleave(k, 0)
 
     def _row_contents(self, src: list[int], chosen: list[int]) -> list[list[int]]:
         """RM ids of the kept cache rows: the old prefix with the chosen candidate's rollback and first piece (the
@@ -144,10 +159,8 @@ class CrossRadVScorer(_CrossScorer):
 
     def _correct(self, fix_ids, fix_mask, fix_back):
         """Bring the N kept rows to the bridge's RM prefix: the chosen candidate's later pieces, re-syncs, rows that
-        followed a token outside their candidates. One forward over N rows (not N·k), only when a row changes."""
+        followed a token outside their candidates. One forward over N rows (not N·k)."""
         device = self.model.device
-        if not bool(fix_mask.any()) and not bool(fix_back.any()):
-            return  # the common case: every row holds the bridge's prefix already
         mask = drop_last_real(self.rm_mask, fix_back.to(device))
         mask = torch.cat([mask, fix_mask.long().to(device)], 1)  # (N, L + F)
         self._check_length(int(mask.sum(-1).max()))
@@ -170,8 +183,7 @@ class CrossRadVScorer(_CrossScorer):
         ids, pmask = pieces.ids.view(N * k, -1).to(device), pieces.mask.view(N * k, -1).to(device)
         if ids.shape[1] == 0:  # no candidate adds an RM token: a masked column keeps the shapes
             ids, pmask = ids.new_zeros(N * k, 1), pmask.new_zeros(N * k, 1)
-        self.cache.batch_repeat_interleave(k)
-        kept = drop_last_real(self.rm_mask.repeat_interleave(k, 0), pieces.rollback.view(-1).to(device))  # (N·k, L)
+        kept = drop_last_real(self.rm_mask, pieces.rollback.view(-1).to(device))  # (N·k, L)
         self._check_length(int((kept.sum(-1) + pmask.sum(-1)).max()))
         mask = torch.cat([kept, pmask[:, :1].long()], 1)  # (N·k, L + 1)
         hidden, self.cache = self.model.encode(ids[:, :1], mask, cache=self.cache, use_cache=True)
