@@ -306,6 +306,14 @@ def main(args: BenchmarkArguments) -> list[dict]:
     torch.set_grad_enabled(False)
     lm, rad_q, rad_v, tokenizer, rm_tokenizer = build_models(args)
     trunks = {n: trunk_model(lm, args, n) for n in args.trunk_blocks}
+    # An LM with another vocabulary (e.g. Gemma-3 steered by SmolLM2 reward models) goes through text: the processor
+    # needs the LM's tokenizer then, and the names say so. The same-tokenizer case passes none, so its timing
+    # includes no tokenizer check.
+    if rm_tokenizer is not None:
+        cross = tokenizer is not None and rm_tokenizer.get_vocab() != tokenizer.get_vocab()
+    else:
+        cross = tokenizer is not None and lm.config.vocab_size != rad_q.config.vocab_size
+    suffix = "_cross" if cross else ""
     eos_id = lm.config.eos_token_id if tokenizer is None else tokenizer.eos_token_id
     eos_id = eos_id[0] if isinstance(eos_id, list) else eos_id
     rows = []
@@ -325,14 +333,6 @@ def main(args: BenchmarkArguments) -> list[dict]:
             rad_v.backbone, rm_ids.repeat_interleave(k, 0), ctx_mask.repeat_interleave(k, 0), args.device
         )
         floors = {"rad_q": 1 + t_rm_b / t_lm, "rad_v": 1 + t_rm_bk / t_lm}
-        # An LM with another vocabulary (e.g. Gemma-3 steered by SmolLM2 reward models) goes through text: the
-        # processor needs the LM's tokenizer then, and the names say so. The same-tokenizer case passes none, so
-        # its timing includes no tokenizer check.
-        if rm_tokenizer is not None:
-            cross = tokenizer is not None and rm_tokenizer.get_vocab() != tokenizer.get_vocab()
-        else:
-            cross = tokenizer is not None and lm.config.vocab_size != rad_q.config.vocab_size
-        suffix = "_cross" if cross else ""
         methods = {"unguided": None}
         for name, rm in (("rad_q", rad_q), ("rad_v", rad_v)):
             # A random reward model has no saved tokenizer: --reward_tokenizer's goes into its term.

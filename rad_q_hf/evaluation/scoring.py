@@ -90,10 +90,11 @@ def score_setting(setting: Setting, rows: list[dict], judges: Judges, output: st
     scores = {"judges": judges.names(), "prompts": prompts, "continuations": conts}
     for key in now:
         scores[key] = [fresh[key][i] if i in fresh.get(key, {}) else cached[key][i] for i in range(len(rows))]
+    scores = _nan_to_null(scores)
     if fresh or len(cached["prompts"]) != len(rows):  # not when a judge was only left out: its scores stay stored
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_nan_to_null(scores)) + "\n")
-    return json.loads(json.dumps(_nan_to_null(scores)))
+        path.write_text(json.dumps(scores) + "\n")
+    return scores
 
 
 def _judge_of_key(names: dict) -> dict[str, str]:
