@@ -10,7 +10,8 @@ weights from the config JSONs in `benchmarks/configs/` (real shapes: speed does 
     2. `decode_speed` for unguided / RAD-Q / RAD-V / naive RAD-V at B ∈ {1, 8, 32, 128}, k = 20, bf16, for each
        LM + reward-model pair below, largest last (pairs that would start after --budget_s are skipped); the
        cross-tokenizer pair reads the real tokenizers from --tokenizers_dir (`--prepare_tokenizers` writes them here;
-       carry the folder to the GPU machine);
+       carry the folder to the GPU machine); the cross pair is then profiled at B = 1 (`profile_decode`:
+       host syncs per step by call site, Python and kernel time, in profile_cuda_<pair>.md);
     3. `train_speed` of the reward models (fp32) against the plain backbone.
 Everything lands in gpu_check.json and gpu_check.md (rewritten after every step, so a run cut short keeps what it
 measured), with the issue's goals checked from the ratios of this one run.
@@ -34,6 +35,7 @@ from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).parent))  # run as a script: the sibling benchmarks are plain modules
 import decode_speed  # noqa: E402
+import profile_decode  # noqa: E402
 import train_speed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +66,9 @@ class GpuCheckArguments:
     prepare_tokenizers: bool = field(
         default=False,
         metadata={"help": "Only write the embedded models' tokenizers into --tokenizers_dir, then stop."},
+    )
+    profile_cross: bool = field(
+        default=True, metadata={"help": "Profile the cross-tokenizer pair at B = 1 after timing it (profile_*.md)."}
     )
     budget_s: float = field(
         default=330.0, metadata={"help": "Start no further decode pair after this many seconds (the run stays short)."}
@@ -111,29 +116,54 @@ def prepare_tokenizers(dest: Path) -> None:
         print(f"wrote {dest / name}")
 
 
-def run_decode(pair: dict, quick: bool, device: str, tmp: str, repeats: int, tokenizers: Path) -> list[dict]:
+def bench_args(pair: dict, quick: bool, device: str, tokenizers: Path, **kw) -> decode_speed.BenchmarkArguments:
     cross = pair.get("cross", False)  # random weights and real tokenizers: the bridge sees random text
-    args = decode_speed.BenchmarkArguments(
+    return decode_speed.BenchmarkArguments(
         lm=pair["lm"],
         reward_backbone=pair["rm"],
         reward_layers=pair["layers"],
         lm_tokenizer=str(tokenizers / "gemma3-270m") if cross else None,
         reward_tokenizer=str(tokenizers / "smollm2-135m") if cross else None,
-        batch_sizes=[1, 2] if quick else [1, 8, 32] if cross else [1, 8, 32, 128],
-        naive_batch_sizes=[] if cross else [1] if quick else [1, 8, 32, 128],
         prompt_tokens=8 if quick else 32,
-        new_tokens=4 if quick else 64,
         device=device,
         dtype="float32" if quick else "bfloat16",
+        name=pair["name"],
+        **kw,
+    )
+
+
+def run_decode(pair: dict, quick: bool, device: str, tmp: str, repeats: int, tokenizers: Path) -> list[dict]:
+    cross = pair.get("cross", False)
+    args = bench_args(
+        pair,
+        quick,
+        device,
+        tokenizers,
+        batch_sizes=[1, 2] if quick else [1, 8, 32] if cross else [1, 8, 32, 128],
+        naive_batch_sizes=[] if cross else [1] if quick else [1, 8, 32, 128],
+        new_tokens=4 if quick else 64,
         warmup=True,
         repeats=repeats,
         trunk_blocks=[] if cross else [0, 1],  # RAD-Q on the LM's own trunk (issue 15): any tap layer costs alike
         trunk_tap_layer=1 if quick else 9,
         output_dir=tmp,
-        name=pair["name"],
     )
     try:
         return [dict(r, pair=pair["name"]) for r in decode_speed.main(args)]
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def run_profile(pair: dict, quick: bool, device: str, out: Path, tokenizers: Path) -> str:
+    """profile_<device>_<pair>.md: host syncs by call site, Python and kernel time of one call per method at B = 1.
+    On a GPU the cross-tokenizer step costs far more than its forwards (issue 14); this says where."""
+    args = bench_args(
+        pair, quick, device, tokenizers, batch_sizes=[1], new_tokens=2 if quick else 16, output_dir=str(out)
+    )
+    try:
+        return str(profile_decode.main(args))
     finally:
         gc.collect()
         if torch.cuda.is_available():
@@ -220,6 +250,8 @@ def write(out: Path, report: dict) -> None:
         lines += ["| step | ms/step | tokens/s | ratio to baseline |", "|---|---:|---:|---:|"]
         for name, r in report["train"].items():
             lines.append(f"| {name} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:.0f} | {r['ratio']:.2f} |")
+    if report.get("profile"):
+        lines += ["", f"Profile of the cross-tokenizer pair at B = 1: `{Path(report['profile']).name}`."]
     if report["skipped"]:
         lines += ["", "Skipped decode pairs: " + "; ".join(report["skipped"])]
     if report["errors"]:
@@ -278,6 +310,10 @@ def main(args: GpuCheckArguments) -> dict:
                 )
                 or []
             )
+            if pair.get("cross") and args.profile_cross:
+                report["profile"] = step(
+                    f"profile {pair['name']}", lambda p=pair: run_profile(p, args.quick, device, out, tokenizers)
+                )
     write(out, report)
     print((out / "gpu_check.md").read_text())
     return report

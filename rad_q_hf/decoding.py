@@ -194,6 +194,8 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
             )
         else:
             mask = self._initial_mask(input_ids)
+            if self.pad_token_ids is not None:  # copied now, beside the prefill's syncs: not a 2nd sync in a step
+                self._pad_ids_on(input_ids.device)
 
         # Candidate set: top-k (then top-p inside it), or top-p over the whole vocabulary (RAD-Q only).
         if self.top_k is not None:

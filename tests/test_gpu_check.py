@@ -38,6 +38,9 @@ def test_gpu_check_quick_runs_every_step_on_the_cpu(tmp_path):
     table = (tmp_path / "gpu_check.md").read_text()
     assert "## Goals" in table and "| quick | 2 | rad_v |" in table and "## Training speed" in table
     assert "quick_cross: RAD-V ÷ RAD-Q time B=1" in table
+    profile = (tmp_path / "profile_cpu_quick_cross.md").read_text()
+    assert all(f"## B = 1, {m}" in profile for m in ("unguided", "rad_q_cross", "rad_v_cross")), profile[:2000]
+    assert "ms/token" in profile and "tottime" in profile and "Self CPU" in profile
 
 
 def test_decoding_and_training_code_import_without_datasets():
