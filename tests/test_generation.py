@@ -25,6 +25,7 @@ from transformers import (
 
 import rad_q_hf
 from rad_q_hf import RADQ, RadPreTrainedModel, RewardAugmentedLogitsProcessor, reward_augmented_generate
+from rad_q_hf.decoding import _RadVScorer
 
 MODES = ["batch1", "batch3_left_padded", "num_return_sequences2", "beam2", "eos_early", "top_p", "combined"]
 
@@ -309,3 +310,26 @@ def test_rad_v_reencodes_a_row_whose_token_was_forced_after_it():
     reference = ReferenceRAD(terms, top_k, None, mask)
     for step, (s_ids, raw, processed) in enumerate(calls):
         torch.testing.assert_close(processed, reference(s_ids, raw), rtol=1e-4, atol=1e-4, msg=f"step {step}")
+
+
+def test_finished_rows_are_not_re_encoded(monkeypatch):
+    """RAD-V re-encodes a row only when its new token was none of its candidates (a processor after RAD forced it).
+    The pad that generate appends to a finished row is not such a token: re-encoding it would cost a forward and a
+    host sync per step, for scores that generate discards."""
+    lm, ids, mask, terms, top_k, _, gen = setup_case("rad_v", "gpt2", "eos_early")
+    reencoded, step = [], _RadVScorer.step
+
+    def spy(self, *args, reencode=None, **kwargs):
+        reencoded.append(0 if reencode is None else len(reencode[1]))
+        return step(self, *args, reencode=reencode, **kwargs)
+
+    monkeypatch.setattr(_RadVScorer, "step", spy)
+    gen.pop("top_k")
+    gen["eos_token_id"] = list(range(3, V, 8))  # fewer ends than the matrix's mode: rows finish at different steps
+    torch.manual_seed(0)
+    out = lm.generate(
+        ids, attention_mask=mask, custom_generate=reward_augmented_generate, reward_model=terms, top_k=top_k, **gen
+    )
+    pads = (out[:, ids.shape[1] :] == PAD).sum(-1)  # (N,) steps each row spent finished
+    assert pads.max() >= 2 and len(reencoded) >= 3, (pads, reencoded)  # steps went on after a row finished
+    assert sum(reencoded) == 0, reencoded
