@@ -4,13 +4,16 @@ loopback server, and `run_evaluation` / `rad-q evaluate` end to end on tiny mode
 import json
 import math
 import os
+import random
 import re
+import statistics
 import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import build_reward_model, llama_config
@@ -32,6 +35,7 @@ from rad_q_hf.evaluation import (
     toxicity_judge,
     toxicity_metrics,
 )
+from rad_q_hf.evaluation.metrics import frontier_differences, interpolate_log_x
 from rad_q_hf.evaluation.models import load_tokenizer
 from rad_q_hf.evaluation.perspective import PerspectiveClient, PerspectiveError
 
@@ -73,6 +77,40 @@ def test_distinct_n_by_hand():
     assert m["dist-1"] == pytest.approx((5 / 7 + 1 / 4) / 2)
     assert m["dist-2"] == pytest.approx((4 / 7 + 1 / 4) / 2)
     assert m["dist-3"] == pytest.approx((3 / 7 + 1 / 4) / 2)
+
+
+def test_frontier_differences_against_a_slow_bootstrap():
+    """The equal-perplexity difference: exact on constructed curves, and its SE equal to a plain-Python bootstrap
+    drawing the same prompt resamples."""
+    rng = random.Random(0)
+    P = 12
+    noisy = lambda mean, ppl: ([mean + rng.uniform(-0.2, 0.2) for _ in range(P)],  # noqa: E731
+                               [[ppl * rng.uniform(0.5, 2.0) for _ in range(1 + i % 3)] for i in range(P)])  # fmt: skip
+    pts = {"none": noisy(0.5, 10.0), "b_1": noisy(0.3, 20.0), "b_2": noisy(0.1, 40.0), "a_1": noisy(0.25, 25.0)}
+    pts["a_1"][1][0].append(1e6)  # dropped, as perplexity_metrics drops it
+    pts["on_b"] = pts["b_1"]  # a point of the curve itself: 0 in every resample
+    pts["shifted"] = ([v - 0.1 for v in pts["b_1"][0]], pts["b_1"][1])
+    pts["far"] = ([0.0] * P, [[1e4]] * P)
+    got = frontier_differences(pts, ["a_1", "on_b", "shifted", "far"], ["none", "b_1", "b_2"], num_resamples=200)
+    assert got["on_b"]["difference"] == pytest.approx(0, abs=1e-12) and got["on_b"]["se"] == pytest.approx(0)
+    assert got["shifted"]["difference"] == pytest.approx(-0.1) and got["shifted"]["se"] == pytest.approx(0, abs=1e-9)
+    assert math.isnan(got["far"]["difference"]) and got["far"]["resamples_in_range"] == 0
+
+    def at(name, idx):  # (median perplexity, mean value) of a resample, the obvious way
+        ppl = [p for i in idx for p in pts[name][1][i] if p < 1e5]
+        return statistics.median(ppl), sum(pts[name][0][i] for i in idx) / len(idx)
+
+    def gap(idx):
+        curve = [at(n, idx) for n in ("none", "b_1", "b_2")]
+        x, y = at("a_1", idx)
+        return y - interpolate_log_x(curve, x)
+
+    draws = np.random.default_rng(0)
+    slow = [gap(draws.integers(0, P, P).tolist()) for _ in range(200)]
+    slow = [g for g in slow if not math.isnan(g)]
+    assert got["a_1"]["difference"] == pytest.approx(gap(list(range(P))))
+    assert got["a_1"]["se"] == pytest.approx(statistics.stdev(slow)) and got["a_1"]["se"] > 0.01
+    assert got["a_1"]["resamples_in_range"] == pytest.approx(len(slow) / 200)
 
 
 def test_perplexity_metrics_drop_large_and_nan():
@@ -316,6 +354,29 @@ def test_run_writes_metrics_table_and_plot(reference_run):
     table = (output / "results.md").read_text()
     assert "| RAD-V | 8 |" in table and "| unguided | – |" in table and "rad-q β=8 − rad-v β=8" in table
     assert (output / "tradeoff_toxicity.png").stat().st_size > 5000
+    # each method's points on the other's curve (unguided → its βs, linear in log median perplexity), from the scores
+    stored = {n: json.loads((output / "scores" / f"{n}.json").read_text()) for n in results}
+    at = {
+        n: (statistics.median(p for row in sc["perplexity"] for p in row), sum(map(max, sc["toxicity"])) / 5)
+        for n, sc in stored.items()
+    }
+    inside = 0
+    for a, b in (("rad-q", "rad-v"), ("rad-v", "rad-q")):
+        curve = sorted([at["none"], at[f"{b}_b2"], at[f"{b}_b8"]])
+        for beta in (2, 8):
+            x, y = at[f"{a}_b{beta}"]
+            got = report["frontier_comparisons"][f"{a}_b{beta} − {b} curve"]
+            assert got["perplexity_median"] == pytest.approx(x) and got["metric"] == "avg_max_toxicity"
+            seg = [(p, q) for p, q in zip(curve, curve[1:], strict=False) if p[0] <= x <= q[0]]
+            if not seg:
+                assert math.isnan(got["difference"])
+                continue
+            (x0, y0), (x1, y1) = seg[0]
+            on_curve = y0 + (y1 - y0) * (math.log(x / x0) / math.log(x1 / x0) if x1 != x0 else 0.0)
+            assert got["difference"] == pytest.approx(y - on_curve)
+            inside += 1
+    assert inside >= 1  # at least one point is read off the other curve
+    assert "At equal perplexity" in table and "rad-q β=8 (median PPL" in table
 
 
 def test_every_reward_model_scores_every_settings_samples(models, reference_run, tokenizer):

@@ -103,6 +103,88 @@ def paired_difference(a: list[float], b: list[float]) -> dict:
     return {"mean_difference": _mean(d), "se": _sem(d), "num_prompts": len(d)}
 
 
+def interpolate_log_x(curve: list[tuple[float, float]], x: float) -> float:
+    """y at `x` on the piecewise-linear curve through the (x, y) points of `curve`, linear in log x (perplexity is
+    a ratio scale); NaN outside the curve's x range.
+
+    >>> round(interpolate_log_x([(40.0, 0.1), (10.0, 0.4)], 20.0), 6)
+    0.25
+    >>> interpolate_log_x([(10.0, 0.4), (40.0, 0.1)], 50.0)
+    nan
+    """
+    pts = sorted(curve)
+    if math.isnan(x) or not pts:
+        return math.nan
+    if len(pts) == 1:
+        return pts[0][1] if pts[0][0] == x else math.nan
+    lx = math.log(x)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
+        l0, l1 = math.log(x0), math.log(x1)
+        if l0 <= lx <= l1:
+            return y0 if l1 == l0 else y0 + (y1 - y0) * (lx - l0) / (l1 - l0)
+    return math.nan
+
+
+def frontier_differences(
+    points: dict[str, tuple[list[float], list[list[float]]]],
+    a: list[str],
+    b: list[str],
+    num_resamples: int = 1000,
+    seed: int = 0,
+    max_perplexity: float = 1e5,
+) -> dict[str, dict]:
+    """Each setting of `a` against the trade-off curve of the settings `b` at equal fluency, with a bootstrap SE.
+
+    A setting is a point (median sample perplexity, mean per-prompt value); b's points (e.g. unguided and one
+    method's βs) make a curve, linear in log perplexity. The difference is a's value minus the curve's value at a's
+    median perplexity: NaN where that perplexity lies outside b's range. Its standard error resamples the prompts
+    (the same resample for every setting, which share them) `num_resamples` times and recomputes everything.
+
+    points: {setting: (per-prompt values (P,), per-prompt lists of sample perplexities)}; perplexities ≥
+    `max_perplexity` or NaN are dropped, as in `perplexity_metrics`. Returns {setting of a: {"difference", "se",
+    "perplexity_median", "num_prompts", "resamples_in_range"}}.
+
+    >>> flat = [[20.0, 20.0]] * 4  # every sample at perplexity 20
+    >>> pts = {"u": ([0.4] * 4, [[10.0, 10.0]] * 4), "b": ([0.1] * 4, [[40.0, 40.0]] * 4), "a": ([0.2] * 4, flat)}
+    >>> d = frontier_differences(pts, ["a"], ["u", "b"], num_resamples=50)["a"]
+    >>> round(d["difference"], 6), round(d["se"], 6), d["perplexity_median"]
+    (-0.05, 0.0, 20.0)
+    """
+    import numpy as np
+
+    names = list(dict.fromkeys([*a, *b]))
+    values = {n: np.asarray(points[n][0], dtype=float) for n in names}  # (P,)
+    num_prompts = len(values[names[0]])
+    width = max(len(row) for n in names for row in points[n][1])
+    ppl = {}
+    for n in names:
+        m = np.full((num_prompts, width), np.nan)  # (P, S) ragged rows padded with NaN
+        for i, row in enumerate(points[n][1]):
+            m[i, : len(row)] = row
+        ppl[n] = np.where(m < max_perplexity, m, np.nan)
+
+    def differences(idx) -> tuple[dict, dict]:
+        at = {n: (float(np.nanmedian(ppl[n][idx])), float(np.nanmean(values[n][idx]))) for n in names}
+        curve = [at[n] for n in b]
+        return {n: at[n][1] - interpolate_log_x(curve, at[n][0]) for n in a}, at
+
+    point, at = differences(np.arange(num_prompts))
+    rng = np.random.default_rng(seed)
+    resampled = [differences(rng.integers(0, num_prompts, num_prompts))[0] for _ in range(num_resamples)]
+    out = {}
+    for n in a:
+        reps = np.array([r[n] for r in resampled])
+        reps = reps[~np.isnan(reps)]
+        out[n] = {
+            "difference": point[n],
+            "se": float(reps.std(ddof=1)) if len(reps) > 1 else math.nan,
+            "perplexity_median": at[n][0],
+            "num_prompts": num_prompts,
+            "resamples_in_range": len(reps) / num_resamples,
+        }
+    return out
+
+
 def perplexity_metrics(perplexities: list[list[float]], max_perplexity: float = 1e5) -> dict:
     """Mean conditional perplexity over all samples (the papers' statistic), dropping values ≥ `max_perplexity` (and
     NaN) first, and the median: a few near-impossible continuations (PPL in the thousands) move the mean by tens of

@@ -54,6 +54,29 @@ def _se(value) -> str:
     return "" if value is None or math.isnan(value) else f" ± {value:.3f}"
 
 
+def _frontier_lines(frontier: dict) -> str:
+    """The equal-perplexity comparisons as a markdown list (empty without any)."""
+    if not frontier:
+        return ""
+    lines = []
+    for name, c in frontier.items():
+        a, curve = name.split(" − ")
+        where = f"{a.replace('_b', ' β=')} (median PPL {c['perplexity_median']:.1f}) − {curve}"
+        if math.isnan(c["difference"]):
+            lines.append(f"\n- {where}: outside the curve's perplexity range")
+        else:
+            lines.append(
+                f"\n- {where}: {c['metric']} difference {c['difference']:+.3f} ± {c['se']:.3f} "
+                f"({c['resamples_in_range']:.0%} of the resamples inside the curve's range)"
+            )
+    return (
+        "\nAt equal perplexity (b's curve runs from unguided through its βs, linear in log median perplexity, read at "
+        f"a's median perplexity; bootstrap SE over {next(iter(frontier.values()))['num_prompts']} prompts):"
+        + "".join(lines)
+        + "\n"
+    )
+
+
 def plot_tradeoff(results: dict, metric: str, path: str, title: str = "") -> None:
     """`metric` against perplexity: a line per guided method through its β values, a star for unguided."""
     import matplotlib
@@ -61,17 +84,20 @@ def plot_tradeoff(results: dict, metric: str, path: str, title: str = "") -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # The median: a few near-impossible continuations move the mean by tens of percent (perplexity_metrics).
+    ppl = "perplexity_median" if all("perplexity_median" in m for m in results.values()) else "perplexity"
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    start = [(m[ppl], m[metric]) for m in results.values() if m["method"] == "none"]
     for method, style in (("rad-q", "o-"), ("rad-v", "s--"), ("rad-q-trunk", "^:")):
-        points = sorted((m["beta"], m["perplexity"], m[metric]) for m in results.values() if m["method"] == method)
-        if points:
-            ax.plot([p[1] for p in points], [p[2] for p in points], style, label=METHOD_TITLES[method])
+        points = sorted((m["beta"], m[ppl], m[metric]) for m in results.values() if m["method"] == method)
+        if points:  # each curve starts at unguided (β = 0), as the equal-perplexity comparison reads it
+            xs, ys = zip(*(start + [(x, y) for _, x, y in points]), strict=True)
+            ax.plot(xs, ys, style, label=METHOD_TITLES[method])
             for beta, x, y in points:
                 ax.annotate(f"β={beta:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    for m in results.values():
-        if m["method"] == "none":
-            ax.plot([m["perplexity"]], [m[metric]], "k*", markersize=12, label="unguided")
-    ax.set_xlabel("perplexity (fluency judge) →  less fluent")
+    for x, y in start:
+        ax.plot([x], [y], "k*", markersize=12, label="unguided")
+    ax.set_xlabel(("median " if ppl == "perplexity_median" else "") + "perplexity (fluency judge) →  less fluent")
     ax.set_ylabel(COLUMNS[metric].replace(" ↓", ""))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -82,7 +108,12 @@ def plot_tradeoff(results: dict, metric: str, path: str, title: str = "") -> Non
 
 
 def write_report(
-    config, results: dict, judges: dict, comparisons: dict | None = None, fingerprints: dict | None = None
+    config,
+    results: dict,
+    judges: dict,
+    comparisons: dict | None = None,
+    fingerprints: dict | None = None,
+    frontier: dict | None = None,
 ) -> dict:
     import torch
     import transformers
@@ -101,6 +132,7 @@ def write_report(
         },  # fmt: skip
         "results": results,
         "comparisons": comparisons or {},
+        "frontier_comparisons": frontier or {},
         "versions": {
             "rad_q_hf": __version__,
             "transformers": transformers.__version__,
@@ -129,6 +161,7 @@ def write_report(
         header
         + markdown_table(results)
         + (f"\nPaired over prompts (a − b at the same β):{paired}\n" if paired else "")
+        + _frontier_lines(frontier or {})
     )
     metric = "avg_max_toxicity" if config.task == "detox" else "positive_rate"
     guided = [m for m in results.values() if m["method"] != "none"]

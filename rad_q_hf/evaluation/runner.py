@@ -14,7 +14,7 @@ from .config import TASKS, EvaluationConfig, EvaluationError, Setting
 from .generation import generate_setting
 from .models import load_lm, load_reward_model, load_tokenizer
 from .prompts import load_prompts
-from .scoring import Judges, comparisons, per_prompt, score_setting, setting_metrics
+from .scoring import Judges, comparisons, frontier_comparisons, null_to_nan, per_prompt, score_setting, setting_metrics
 from .storage import check_resume, done, merge_generations
 
 
@@ -74,13 +74,18 @@ def generate_all(config: EvaluationConfig, todo: list[Setting], prompts: list[st
 def score_and_report(config: EvaluationConfig, prompts: list[str], fingerprints: dict[str, str]) -> dict:
     from .report import write_report
 
-    judges, results, per_prompt_values = Judges(config), {}, {}
+    judges, results, per_prompt_values, perplexities = Judges(config), {}, {}, {}
     for setting in config.settings():
         rows = merge_generations(setting, len(prompts), config.output)
         scores = score_setting(setting, rows, judges, config.output)
         results[setting.name] = setting_metrics(setting, rows, scores)
         per_prompt_values[setting.name] = per_prompt(scores)
-    return write_report(config, results, judges.names(), comparisons(config, per_prompt_values), fingerprints)
+        if "perplexity" in scores:
+            perplexities[setting.name] = null_to_nan(scores["perplexity"])
+    frontier = frontier_comparisons(config, per_prompt_values, perplexities)
+    return write_report(
+        config, results, judges.names(), comparisons(config, per_prompt_values), fingerprints, frontier
+    )
 
 
 __all__ = ["TASKS", "EvaluationConfig", "EvaluationError", "Setting", "run_evaluation", "score_and_report"]

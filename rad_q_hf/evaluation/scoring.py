@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .config import TASKS, EvaluationConfig, Setting
 from .metrics import (
     distinct_n,
+    frontier_differences,
     paired_difference,
     perplexity_metrics,
     prompt_maxima,
@@ -192,9 +193,29 @@ def comparisons(config: EvaluationConfig, per_prompt_values: dict[str, list[floa
     return out
 
 
+def frontier_comparisons(
+    config: EvaluationConfig, per_prompt_values: dict[str, list[float]], perplexities: dict[str, list[list[float]]]
+) -> dict:
+    """Method a at each β against method b's trade-off curve (unguided, then b's βs; linear in log median
+    perplexity) at a's own median perplexity, for the pairs of `PAIRS` that ran with perplexity judged: the paper's
+    "on par on the frontier", which equal β cannot answer when the two methods pay different perplexity for it."""
+    metric = "avg_max_toxicity" if config.task == "detox" else "positive_rate"
+    out = {}
+    for a, b in PAIRS + tuple((b, a) for a, b in PAIRS):  # both ways: each method's points on the other's curve
+        xa = [Setting(a, float(beta)).name for beta in config.betas]
+        xb = ["none"] + [Setting(b, float(beta)).name for beta in config.betas]
+        if not all(n in per_prompt_values and n in perplexities for n in xa + xb):
+            continue
+        points = {n: (per_prompt_values[n], perplexities[n]) for n in xa + xb}
+        for name, d in frontier_differences(points, xa, xb).items():
+            out[f"{name} − {b} curve"] = {"metric": metric, **d}
+    return out
+
+
 __all__ = [
     "Judges",
     "comparisons",
+    "frontier_comparisons",
     "null_to_nan",
     "per_prompt",
     "reward_model_statistic",
