@@ -77,7 +77,7 @@ def profile_method(lm, ids, mask, args, factory, eos_id) -> str:
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with torch.profiler.profile(activities=activities) as tp:
         run()
-    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
     steps = args.new_tokens
     lines = [f"{ms:.1f} ms/token (sync counting on), {sum(sites.values()) / steps:.1f} host syncs per step", ""]
     lines += [
