@@ -224,7 +224,7 @@ def write(out: Path, report: dict) -> None:
     lines = [
         f"# GPU check on {env['device']}",
         "",
-        f"torch {env['torch']}, transformers {env['transformers']}, Python {env['python']}; "
+        f"torch {env['torch']}, transformers {env['transformers']}, Python {env['python']}; host {env.get('host')}; "
         f"{report['elapsed_s']:.0f} s; random weights with real shapes (`benchmarks/configs/`).",
         "",
     ]
@@ -259,6 +259,15 @@ def write(out: Path, report: dict) -> None:
     (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
 
 
+def host_cpu() -> str:
+    """The host CPU's model name, its core count and torch's thread count."""
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or "unknown CPU"
+    return f"{name}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
 def main(args: GpuCheckArguments) -> dict:
     start = time.perf_counter()
     tokenizers = Path(args.tokenizers_dir)
@@ -274,6 +283,7 @@ def main(args: GpuCheckArguments) -> dict:
         torch=torch.__version__,
         transformers=transformers.__version__,
         python=platform.python_version(),
+        host=host_cpu(),  # small models are host-bound on a GPU: the CPU sets the pace of every row below
     )
     report = dict(env=env, args=asdict(args), decode=[], train=None, errors=[], skipped=[], elapsed_s=0.0)
 
