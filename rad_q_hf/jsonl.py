@@ -28,7 +28,9 @@ def read_jsonl(path: str | Path, *, complete_lines_only: bool = False) -> Iterat
     path = Path(path)
     if complete_lines_only:
         data = path.read_bytes()
-        lines = data[: data.rfind(b"\n") + 1].decode("utf-8").splitlines()
+        # split("\n"), not splitlines(): that also splits at U+2028, U+0085 and others, which json.dumps leaves
+        # unescaped inside strings (ensure_ascii=False) and which LMs do write.
+        lines = data[: data.rfind(b"\n") + 1].decode("utf-8").split("\n")
         yield from _parse(path, lines)
         return
     opener = gzip.open if path.suffix == ".gz" else open
