@@ -262,7 +262,8 @@ def write(out: Path, report: dict) -> None:
 def host_cpu() -> str:
     """The host CPU's model name, its core count and torch's thread count."""
     try:
-        name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         name = platform.processor() or "unknown CPU"
     return f"{name}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"

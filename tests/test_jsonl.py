@@ -8,7 +8,8 @@ import pytest
 from rad_q_hf.evaluation.storage import append_rows, read_rows
 from rad_q_hf.jsonl import JSONLError, read_jsonl
 
-# Characters that str.splitlines() treats as line breaks but json.dumps(ensure_ascii=False) writes raw.
+# U+2028, U+2029 and U+0085: str.splitlines() breaks lines there, json.dumps(ensure_ascii=False) writes them raw;
+# the others (escaped by json.dumps) must survive too.
 ODD = ["a\u2028b", "c\u2029d", "e\x85f", "tab\tand\x1cfile separator", "\r\n inside", "\u00e9\U0001f37e"]
 
 

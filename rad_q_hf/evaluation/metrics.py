@@ -6,6 +6,7 @@ Every function takes one list per prompt (that prompt's samples), so the per-pro
 
 import math
 import statistics
+import warnings
 
 import torch
 from tqdm.auto import tqdm
@@ -111,10 +112,12 @@ def interpolate_log_x(curve: list[tuple[float, float]], x: float) -> float:
     0.25
     >>> interpolate_log_x([(10.0, 0.4), (40.0, 0.1)], 50.0)
     nan
+    >>> interpolate_log_x([(10.0, 0.4), (float("nan"), 0.2), (40.0, 0.1)], 20.0)
+    nan
     """
+    if math.isnan(x) or not curve or any(math.isnan(v) for point in curve for v in point):
+        return math.nan  # a point without a value (all its perplexities dropped) leaves no curve to read
     pts = sorted(curve)
-    if math.isnan(x) or not pts:
-        return math.nan
     if len(pts) == 1:
         return pts[0][1] if pts[0][0] == x else math.nan
     lx = math.log(x)
@@ -136,9 +139,11 @@ def frontier_differences(
     """Each setting of `a` against the trade-off curve of the settings `b` at equal fluency, with a bootstrap SE.
 
     A setting is a point (median sample perplexity, mean per-prompt value); b's points (e.g. unguided and one
-    method's βs) make a curve, linear in log perplexity. The difference is a's value minus the curve's value at a's
-    median perplexity: NaN where that perplexity lies outside b's range. Its standard error resamples the prompts
-    (the same resample for every setting, which share them) `num_resamples` times and recomputes everything.
+    method's βs), joined in order of perplexity, make a curve, linear in log perplexity. The difference is a's value
+    minus the curve's value at a's median perplexity: NaN where that perplexity lies outside b's range. Its standard
+    error resamples the prompts (the same resample for every setting, which share them) `num_resamples` times and
+    recomputes everything; resamples that put a outside b's range are left out (`resamples_in_range` says how many
+    were kept: well below 1, the SE is optimistic).
 
     points: {setting: (per-prompt values (P,), per-prompt lists of sample perplexities)}; perplexities ≥
     `max_perplexity` or NaN are dropped, as in `perplexity_metrics`. Returns {setting of a: {"difference", "se",
@@ -155,6 +160,8 @@ def frontier_differences(
     names = list(dict.fromkeys([*a, *b]))
     values = {n: np.asarray(points[n][0], dtype=float) for n in names}  # (P,)
     num_prompts = len(values[names[0]])
+    if not num_prompts or any(len(values[n]) != num_prompts or len(points[n][1]) != num_prompts for n in names):
+        raise ValueError(f"Every setting needs values and perplexities for the same prompts (> 0): {list(names)}.")
     width = max(len(row) for n in names for row in points[n][1])
     ppl = {}
     for n in names:
@@ -168,9 +175,11 @@ def frontier_differences(
         curve = [at[n] for n in b]
         return {n: at[n][1] - interpolate_log_x(curve, at[n][0]) for n in a}, at
 
-    point, at = differences(np.arange(num_prompts))
     rng = np.random.default_rng(seed)
-    resampled = [differences(rng.integers(0, num_prompts, num_prompts))[0] for _ in range(num_resamples)]
+    with warnings.catch_warnings():  # a setting without any kept perplexity: NaN, said once by the result
+        warnings.simplefilter("ignore", RuntimeWarning)
+        point, at = differences(np.arange(num_prompts))
+        resampled = [differences(rng.integers(0, num_prompts, num_prompts))[0] for _ in range(num_resamples)]
     out = {}
     for n in a:
         reps = np.array([r[n] for r in resampled])

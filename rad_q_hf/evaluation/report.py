@@ -66,14 +66,13 @@ def _frontier_lines(frontier: dict) -> str:
             lines.append(f"\n- {where}: outside the curve's perplexity range")
         else:
             lines.append(
-                f"\n- {where}: {c['metric']} difference {c['difference']:+.3f} ± {c['se']:.3f} "
+                f"\n- {where}: {c['metric']} difference {c['difference']:+.3f}{_se(c['se'])} "
                 f"({c['resamples_in_range']:.0%} of the resamples inside the curve's range)"
             )
     return (
-        "\nAt equal perplexity (b's curve runs from unguided through its βs, linear in log median perplexity, read at "
-        f"a's median perplexity; bootstrap SE over {next(iter(frontier.values()))['num_prompts']} prompts):"
-        + "".join(lines)
-        + "\n"
+        "\nAt equal perplexity (b's curve joins unguided and its βs in order of median perplexity, linear in log "
+        f"perplexity, read at a's median perplexity; bootstrap SE over {next(iter(frontier.values()))['num_prompts']} "
+        "prompts, from the resamples inside the curve's range):" + "".join(lines) + "\n"
     )
 
 
@@ -90,8 +89,8 @@ def plot_tradeoff(results: dict, metric: str, path: str, title: str = "") -> Non
     start = [(m[ppl], m[metric]) for m in results.values() if m["method"] == "none"]
     for method, style in (("rad-q", "o-"), ("rad-v", "s--"), ("rad-q-trunk", "^:")):
         points = sorted((m["beta"], m[ppl], m[metric]) for m in results.values() if m["method"] == method)
-        if points:  # each curve starts at unguided (β = 0), as the equal-perplexity comparison reads it
-            xs, ys = zip(*(start + [(x, y) for _, x, y in points]), strict=True)
+        if points:  # unguided and the βs in order of perplexity: the curve the equal-perplexity comparison reads
+            xs, ys = zip(*sorted(start + [(x, y) for _, x, y in points]), strict=True)
             ax.plot(xs, ys, style, label=METHOD_TITLES[method])
             for beta, x, y in points:
                 ax.annotate(f"β={beta:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)

@@ -196,8 +196,8 @@ def comparisons(config: EvaluationConfig, per_prompt_values: dict[str, list[floa
 def frontier_comparisons(
     config: EvaluationConfig, per_prompt_values: dict[str, list[float]], perplexities: dict[str, list[list[float]]]
 ) -> dict:
-    """Method a at each β against method b's trade-off curve (unguided, then b's βs; linear in log median
-    perplexity) at a's own median perplexity, for the pairs of `PAIRS` that ran with perplexity judged: the paper's
+    """Method a at each β against method b's trade-off curve (unguided and b's βs, in order of median perplexity;
+    linear in log perplexity) at a's own median perplexity, for the pairs of `PAIRS` that ran with perplexity judged: the paper's
     "on par on the frontier", which equal β cannot answer when the two methods pay different perplexity for it."""
     metric = "avg_max_toxicity" if config.task == "detox" else "positive_rate"
     out = {}
