@@ -302,26 +302,49 @@ def trunk_model(lm, args: BenchmarkArguments, num_blocks: int) -> RadQTrunkForRe
     return trunk.to(getattr(torch, args.dtype)).eval()
 
 
+def is_cross(lm, rad_q, tokenizer, rm_tokenizer) -> bool:
+    """Whether the LM has another vocabulary than the reward models (e.g. Gemma-3 steered by SmolLM2 ones): the
+    processor then goes through text and needs the LM's tokenizer."""
+    if rm_tokenizer is not None:
+        return tokenizer is not None and rm_tokenizer.get_vocab() != tokenizer.get_vocab()
+    return tokenizer is not None and lm.config.vocab_size != rad_q.config.vocab_size
+
+
+def eos_of(lm, tokenizer) -> int:
+    eos_id = lm.config.eos_token_id if tokenizer is None else tokenizer.eos_token_id
+    return eos_id[0] if isinstance(eos_id, list) else eos_id
+
+
+def batch_prompts(lm, tokenizer, B: int, args: BenchmarkArguments, eos_id: int):
+    """(ids, mask) of B left-padded prompts: the tokenizer's real text, or random ids for random weights."""
+    if tokenizer is None:
+        return random_prompts(lm.config.vocab_size, B, args.prompt_tokens, args.device, pad_id=eos_id)
+    return make_prompts(tokenizer, B, args.prompt_tokens, args.device)
+
+
+def guided_methods(rad_q, rad_v, mask, args: BenchmarkArguments, tokenizer, rm_tokenizer, cross: bool) -> dict:
+    """{"rad_q"|"rad_v" [+ "_cross"]: processor factory}, β = 10. The same-tokenizer case passes no LM tokenizer,
+    so its timing includes no tokenizer check."""
+    methods = {}
+    for name, rm in (("rad_q", rad_q), ("rad_v", rad_v)):
+        # A random reward model has no saved tokenizer: --reward_tokenizer's goes into its term.
+        term = RewardTerm(rm, 10.0, 0, "maximize", rm_tokenizer)
+        methods[name + ("_cross" if cross else "")] = partial(
+            RewardAugmentedLogitsProcessor.combine, [term], args.top_k, None, mask, tokenizer if cross else None
+        )
+    return methods
+
+
 def main(args: BenchmarkArguments) -> list[dict]:
     torch.set_grad_enabled(False)
     lm, rad_q, rad_v, tokenizer, rm_tokenizer = build_models(args)
     trunks = {n: trunk_model(lm, args, n) for n in args.trunk_blocks}
-    # An LM with another vocabulary (e.g. Gemma-3 steered by SmolLM2 reward models) goes through text: the processor
-    # needs the LM's tokenizer then, and the names say so. The same-tokenizer case passes none, so its timing
-    # includes no tokenizer check.
-    if rm_tokenizer is not None:
-        cross = tokenizer is not None and rm_tokenizer.get_vocab() != tokenizer.get_vocab()
-    else:
-        cross = tokenizer is not None and lm.config.vocab_size != rad_q.config.vocab_size
+    cross = is_cross(lm, rad_q, tokenizer, rm_tokenizer)  # once: Gemma's get_vocab() has 262k entries
     suffix = "_cross" if cross else ""
-    eos_id = lm.config.eos_token_id if tokenizer is None else tokenizer.eos_token_id
-    eos_id = eos_id[0] if isinstance(eos_id, list) else eos_id
+    eos_id = eos_of(lm, tokenizer)
     rows = []
     for B in args.batch_sizes:
-        if tokenizer is None:  # random weights: random ids
-            ids, mask = random_prompts(lm.config.vocab_size, B, args.prompt_tokens, args.device, pad_id=eos_id)
-        else:
-            ids, mask = make_prompts(tokenizer, B, args.prompt_tokens, args.device)
+        ids, mask = batch_prompts(lm, tokenizer, B, args, eos_id)
         # Floors at mid-generation context (prompt + half the new tokens), from single cached forwards.
         ctx_ids = torch.cat([ids, ids[:, -args.new_tokens // 2 :]], 1)
         ctx_mask = torch.cat([mask, torch.ones_like(ids[:, -args.new_tokens // 2 :])], 1)
@@ -332,15 +355,8 @@ def main(args: BenchmarkArguments) -> list[dict]:
         t_rm_bk = time_forward(
             rad_v.backbone, rm_ids.repeat_interleave(k, 0), ctx_mask.repeat_interleave(k, 0), args.device
         )
-        floors = {"rad_q": 1 + t_rm_b / t_lm, "rad_v": 1 + t_rm_bk / t_lm}
-        methods = {"unguided": None}
-        for name, rm in (("rad_q", rad_q), ("rad_v", rad_v)):
-            # A random reward model has no saved tokenizer: --reward_tokenizer's goes into its term.
-            term = RewardTerm(rm, 10.0, 0, "maximize", rm_tokenizer)
-            methods[name + suffix] = partial(
-                RewardAugmentedLogitsProcessor.combine, [term], k, None, mask, tokenizer if cross else None
-            )
-        floors = {name + suffix: floor for name, floor in floors.items()}
+        floors = {"rad_q" + suffix: 1 + t_rm_b / t_lm, "rad_v" + suffix: 1 + t_rm_bk / t_lm}
+        methods = {"unguided": None} | guided_methods(rad_q, rad_v, mask, args, tokenizer, rm_tokenizer, cross)
         if B in args.naive_batch_sizes and not cross:
             methods["rad_v_naive"] = partial(NaiveRADV, rad_v, 10.0, k, mask)
         for n, trunk in trunks.items():

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -116,6 +117,17 @@ def prepare_tokenizers(dest: Path) -> None:
         print(f"wrote {dest / name}")
 
 
+@contextmanager
+def freed_after():
+    """The models a step built are freed when it ends, also when it fails: the next pair needs the GPU memory."""
+    try:
+        yield
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def bench_args(pair: dict, quick: bool, device: str, tokenizers: Path, **kw) -> decode_speed.BenchmarkArguments:
     cross = pair.get("cross", False)  # random weights and real tokenizers: the bridge sees random text
     return decode_speed.BenchmarkArguments(
@@ -148,12 +160,8 @@ def run_decode(pair: dict, quick: bool, device: str, tmp: str, repeats: int, tok
         trunk_tap_layer=1 if quick else 9,
         output_dir=tmp,
     )
-    try:
+    with freed_after():
         return [dict(r, pair=pair["name"]) for r in decode_speed.main(args)]
-    finally:
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
 
 def run_profile(pair: dict, quick: bool, device: str, out: Path, tokenizers: Path) -> str:
@@ -162,12 +170,8 @@ def run_profile(pair: dict, quick: bool, device: str, out: Path, tokenizers: Pat
     args = bench_args(
         pair, quick, device, tokenizers, batch_sizes=[1], new_tokens=2 if quick else 16, output_dir=str(out)
     )
-    try:
+    with freed_after():
         return str(profile_decode.main(args))
-    finally:
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
 
 def run_train(quick: bool, device: str, tmp: str) -> dict:

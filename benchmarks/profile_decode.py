@@ -21,7 +21,6 @@ import time
 import traceback
 import warnings
 from collections import Counter
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,8 +28,6 @@ from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).parent))  # run as a script: the sibling benchmark is a plain module
 import decode_speed  # noqa: E402
-
-from rad_q_hf import RewardAugmentedLogitsProcessor, RewardTerm  # noqa: E402
 
 
 def count_syncs(fn, cuda: bool) -> tuple[object, Counter]:
@@ -93,23 +90,15 @@ def profile_method(lm, ids, mask, args, factory, eos_id) -> str:
 def main(args: decode_speed.BenchmarkArguments) -> Path:
     torch.set_grad_enabled(False)
     lm, rad_q, rad_v, tokenizer, rm_tokenizer = decode_speed.build_models(args)
-    cross = rm_tokenizer is not None and tokenizer is not None and rm_tokenizer.get_vocab() != tokenizer.get_vocab()
-    eos_id = lm.config.eos_token_id if tokenizer is None else tokenizer.eos_token_id
-    eos_id = eos_id[0] if isinstance(eos_id, list) else eos_id
+    cross = decode_speed.is_cross(lm, rad_q, tokenizer, rm_tokenizer)
+    eos_id = decode_speed.eos_of(lm, tokenizer)
     path = Path(args.output_dir) / f"profile_{args.device.split(':')[0]}{'_' + args.name if args.name else ''}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     out = [f"# Decoding profile on {args.device} ({args.dtype}), {args.new_tokens} new tokens, k = {args.top_k}", ""]
     for B in args.batch_sizes:
-        if tokenizer is None:
-            ids, mask = decode_speed.random_prompts(lm.config.vocab_size, B, args.prompt_tokens, args.device, eos_id)
-        else:
-            ids, mask = decode_speed.make_prompts(tokenizer, B, args.prompt_tokens, args.device)
-        methods = {"unguided": None}
-        for name, rm in (("rad_q", rad_q), ("rad_v", rad_v)):
-            term = RewardTerm(rm, 10.0, 0, "maximize", rm_tokenizer)
-            methods[name + ("_cross" if cross else "")] = partial(
-                RewardAugmentedLogitsProcessor.combine, [term], args.top_k, None, mask, tokenizer if cross else None
-            )
+        ids, mask = decode_speed.batch_prompts(lm, tokenizer, B, args, eos_id)
+        guided = decode_speed.guided_methods(rad_q, rad_v, mask, args, tokenizer, rm_tokenizer, cross)
+        methods = {"unguided": None} | guided
         for name, factory in methods.items():
             print(f"B={B} {name}", flush=True)
             out += [f"## B = {B}, {name}", "", profile_method(lm, ids, mask, args, factory, eos_id), ""]

@@ -128,6 +128,11 @@ class EvaluationConfig:
         out = [Setting("none", 0.0)] if "none" in self.methods else []
         return out + [Setting(m, float(b)) for m in self.methods if m != "none" for b in self.betas]
 
+    @property
+    def metric(self) -> str:
+        """The task's headline metric, the one methods are compared on."""
+        return "avg_max_toxicity" if self.task == "detox" else "positive_rate"
+
     def reward_model_name(self, method: str) -> str:
         return getattr(self, f"{method.replace('-', '_')}_model") or TASKS[self.task][0][method]
 

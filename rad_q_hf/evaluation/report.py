@@ -162,7 +162,7 @@ def write_report(
         + (f"\nPaired over prompts (a − b at the same β):{paired}\n" if paired else "")
         + _frontier_lines(frontier or {})
     )
-    metric = "avg_max_toxicity" if config.task == "detox" else "positive_rate"
+    metric = config.metric
     guided = [m for m in results.values() if m["method"] != "none"]
     if len({m["beta"] for m in guided}) > 1 and all("perplexity" in m for m in results.values()):
         name = "toxicity" if config.task == "detox" else "positive_rate"

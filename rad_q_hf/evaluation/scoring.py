@@ -183,13 +183,12 @@ def comparisons(config: EvaluationConfig, per_prompt_values: dict[str, list[floa
     """Method a − method b at each β, paired over prompts, for the pairs of `PAIRS` that ran: RAD-Q − RAD-V (the
     paper's claim: on par at the same β), and the trunk kind against each."""
     out = {}
-    metric = "avg_max_toxicity" if config.task == "detox" else "positive_rate"
     for a, b in PAIRS:
         for beta in config.betas:
             x, y = Setting(a, float(beta)).name, Setting(b, float(beta)).name
             if x in per_prompt_values and y in per_prompt_values:
                 difference = paired_difference(per_prompt_values[x], per_prompt_values[y])
-                out[f"{x} − {y}"] = {"metric": metric, **difference}
+                out[f"{x} − {y}"] = {"metric": config.metric, **difference}
     return out
 
 
@@ -197,9 +196,9 @@ def frontier_comparisons(
     config: EvaluationConfig, per_prompt_values: dict[str, list[float]], perplexities: dict[str, list[list[float]]]
 ) -> dict:
     """Method a at each β against method b's trade-off curve (unguided and b's βs, in order of median perplexity;
-    linear in log perplexity) at a's own median perplexity, for the pairs of `PAIRS` that ran with perplexity judged: the paper's
-    "on par on the frontier", which equal β cannot answer when the two methods pay different perplexity for it."""
-    metric = "avg_max_toxicity" if config.task == "detox" else "positive_rate"
+    linear in log perplexity) at a's own median perplexity, for the pairs of `PAIRS` (both ways) that ran with
+    perplexity judged: the paper's "on par on the frontier", which equal β cannot answer when the two methods pay
+    different perplexity for it."""
     out = {}
     for a, b in PAIRS + tuple((b, a) for a, b in PAIRS):  # both ways: each method's points on the other's curve
         xa = [Setting(a, float(beta)).name for beta in config.betas]
@@ -208,7 +207,7 @@ def frontier_comparisons(
             continue
         points = {n: (per_prompt_values[n], perplexities[n]) for n in xa + xb}
         for name, d in frontier_differences(points, xa, xb).items():
-            out[f"{name} − {b} curve"] = {"metric": metric, **d}
+            out[f"{name} − {b} curve"] = {"metric": config.metric, **d}
     return out
 
 
