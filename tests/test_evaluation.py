@@ -354,7 +354,7 @@ def test_run_writes_metrics_table_and_plot(reference_run):
     table = (output / "results.md").read_text()
     assert "| RAD-V | 8 |" in table and "| unguided | – |" in table and "rad-q β=8 − rad-v β=8" in table
     assert (output / "tradeoff_toxicity.png").stat().st_size > 5000
-    # each method's points on the other's curve (unguided → its βs, linear in log median perplexity), from the scores
+    # each method's points on the other's curve (unguided and its βs in order of median perplexity), from the scores
     stored = {n: json.loads((output / "scores" / f"{n}.json").read_text()) for n in results}
     at = {
         n: (statistics.median(p for row in sc["perplexity"] for p in row), sum(map(max, sc["toxicity"])) / 5)
