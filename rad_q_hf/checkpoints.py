@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,18 +58,25 @@ def export_delta(
     A staged run (e.g. Amazon, then SST-2) merges each stage's adapters before the next adds its own; pass the earlier
     stages' folders in order and their adapters are stacked into one LoRA of rank Σ r_i by peft's own `cat`
     combination (`A = [s A_1; s A_2]`, `B = [B_1, B_2]`, scaling 1), which is exactly `W_0 + s B_1A_1 + s B_2A_2`.
-    Heads come from the last stage.
+    Heads come from the last stage. An earlier stage may also be a delta folder (a shipped model): training that
+    went on from its `default_checkpoint` (`--init_from`) then stacks onto it.
     """
-    from transformers import AutoConfig, AutoModel
-
-    from .training.adapters import ADAPTER_DIR, ADAPTER_WEIGHTS_NAME, load_adapter_state, stack_adapters
-
     trained_dir, out_dir = Path(trained_dir), Path(out_dir)
     if _model_type(trained_dir) == "rad_q_trunk":
         if earlier_stages:
             raise ValueError("A trunk reward model has no adapters to stack: export its last stage alone.")
         return _export_trunk(trained_dir, out_dir, base)
-    stages = [Path(p) for p in earlier_stages] + [trained_dir]
+    with tempfile.TemporaryDirectory() as tmp:
+        earlier = [_delta_as_stage(Path(p), Path(tmp) / f"stage-{i}", base) for i, p in enumerate(earlier_stages)]
+        return _export_lora([*earlier, trained_dir], out_dir, base)
+
+
+def _export_lora(stages: list[Path], out_dir: Path, base: str) -> Path:
+    from transformers import AutoConfig, AutoModel
+
+    from .training.adapters import ADAPTER_DIR, ADAPTER_WEIGHTS_NAME, load_adapter_state, stack_adapters
+
+    trained_dir = stages[-1]
     for stage in stages:
         for name in ("config.json", f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS_NAME}"):
             if not (stage / name).is_file():
@@ -87,6 +95,28 @@ def export_delta(
     (out_dir / DELTA_META).write_text(json.dumps(meta, indent=2) + "\n")
     shutil.copy(trained_dir / "config.json", out_dir / "config.json")
     return out_dir
+
+
+def _delta_as_stage(stage: Path, out: Path, base: str) -> Path:
+    """`stage` itself when it is a training run's folder; a delta folder rewritten as one (its config and its LoRA as
+    a peft adapter, in fp32: the fp16 values the assembled checkpoint that training went on from was built of)."""
+    if not (stage / DELTA_META).is_file():
+        return stage
+    from peft import LoraConfig
+
+    from .training.adapters import ADAPTER_DIR, ADAPTER_WEIGHTS_NAME, to_peft_name
+
+    meta = json.loads((stage / DELTA_META).read_text())
+    if meta["lora"] is None:
+        raise ValueError(f"{stage} is a trunk model's delta: it has no adapters to stack.")
+    if meta["base"] != base:
+        raise ValueError(f"{stage} is a delta on {meta['base']!r}, not on {base!r}: pass base={meta['base']!r}.")
+    (out / ADAPTER_DIR).mkdir(parents=True)
+    LoraConfig(**meta["lora"]).save_pretrained(str(out / ADAPTER_DIR))
+    lora = {to_peft_name(k): v.float() for k, v in load_file(stage / DELTA_WEIGHTS).items() if ".lora_" in k}
+    save_file(lora, out / ADAPTER_DIR / ADAPTER_WEIGHTS_NAME)
+    shutil.copy(stage / "config.json", out / "config.json")
+    return out
 
 
 def default_checkpoint(name: str, cache_dir: str | os.PathLike | None = None) -> str:

@@ -158,6 +158,27 @@ def test_staged_lora_runs_stack_into_one_delta(tiny_lm, tmp_path):
         assert not torch.allclose(wrong.eval()(ids).rewards, stage2(ids).rewards, atol=2e-3)
 
 
+def test_training_on_from_a_shipped_delta_stacks_onto_it(tiny_lm, tmp_path):
+    """A stage trained from a delta's assembled checkpoint (`--init_from default_checkpoint(...)`) exports with the
+    delta folder as its earlier stage; the result assembles to the model that stage trained."""
+    train_lora(RadVForRewardModeling.from_backbone(str(tiny_lm), labels=["positive"], num_layers=2), tmp_path / "s1")
+    shipped = export_delta(tmp_path / "s1", tmp_path / "shipped", base=str(tiny_lm))
+    start = default_checkpoint(str(shipped), cache_dir=tmp_path / "cache")
+    stage2 = train_lora(AutoModel.from_pretrained(start), tmp_path / "s2").eval()
+    with pytest.raises(ValueError, match="not on 'elsewhere'"):
+        export_delta(tmp_path / "s2", tmp_path / "bad", base="elsewhere", earlier_stages=[shipped])
+    delta = export_delta(tmp_path / "s2", tmp_path / "delta", base=str(tiny_lm), earlier_stages=[shipped])
+    assert json.loads((delta / "delta.json").read_text())["lora"]["r"] == 8
+    loaded = AutoModel.from_pretrained(default_checkpoint(str(delta), cache_dir=tmp_path / "cache")).eval()
+    ids = torch.tensor([[0, 5, 6, 7, 8]])
+    with torch.no_grad():
+        expected = stage2(ids).rewards
+        torch.testing.assert_close(loaded(ids).rewards, expected, rtol=1e-2, atol=2e-3)
+        alone = export_delta(tmp_path / "s2", tmp_path / "alone", base=str(tiny_lm))  # without the shipped stage
+        wrong = AutoModel.from_pretrained(default_checkpoint(str(alone), cache_dir=tmp_path / "cache")).eval()
+        assert not torch.allclose(wrong(ids).rewards, expected, atol=2e-3)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="AutoTokenizer always loads the folder's config first, and a config.json whose auto_map names AutoConfig "

@@ -13,7 +13,7 @@ import weakref
 import pytest
 import torch
 from conftest import BACKBONES, build_reward_model
-from test_decoding import PAD, ReferenceRAD, V, build_lm, prompts, record_processor_calls, setup_case, spread
+from test_decoding import PAD, Recorder, ReferenceRAD, V, build_lm, prompts, record_processor_calls, setup_case, spread
 from transformers import (
     AutoModelForCausalLM,
     GenerationConfig,
@@ -290,21 +290,11 @@ class ForceToken(LogitsProcessor):
 
 def test_rad_v_reencodes_a_row_whose_token_was_forced_after_it():
     lm, ids, mask, terms, top_k, _, gen = setup_case("rad_v", "gpt2", "batch3_left_padded")
-    calls = []
-
-    class Recorder(LogitsProcessor):
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __call__(self, input_ids, scores):
-            out = self.inner(input_ids, scores)
-            calls.append((input_ids.clone(), scores.clone(), out.clone()))
-            return out
-
-    rad = RewardAugmentedLogitsProcessor.combine(terms, top_k=top_k, attention_mask=mask)
+    recorder = Recorder(RewardAugmentedLogitsProcessor.combine(terms, top_k=top_k, attention_mask=mask))
     forced = 117  # a rarely likely id: outside the top-5 of most rows
     force = ForceToken(forced, ids.shape[1], 1, row=1)
-    lm.generate(ids, attention_mask=mask, logits_processor=[Recorder(rad), force], **gen)
+    lm.generate(ids, attention_mask=mask, logits_processor=[recorder, force], **gen)
+    calls = recorder.calls
     assert calls[2][0][1, ids.shape[1] + 1] == forced
     assert not calls[1][2][1, forced].isfinite()  # RAD did not offer it: the cache had no row for it
     reference = ReferenceRAD(terms, top_k, None, mask)

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from conftest import build_reward_model
 from datasets import Dataset, DatasetDict
 
@@ -87,3 +88,20 @@ def test_learning_curves_from_log_history(tmp_path):
     assert learning_curves(read_log_history(tmp_path)) == curves  # the latest checkpoint's, by step number
     plot_learning_curves({"run": curves}, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_best_checkpoint_is_picked_on_validation_among_saved_ones(tmp_path):
+    from rad_q_hf.evaluation.learning_curves import best_checkpoint
+
+    history = [
+        {"step": 10, "eval_validation_accuracy": 0.80, "eval_test_accuracy": 0.99},
+        {"step": 20, "eval_validation_accuracy": 0.95},  # best, but its checkpoint was rotated away
+        {"step": 30, "eval_validation_accuracy": 0.90, "eval_test_accuracy": 0.50},
+    ]
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    for step in (10, 30):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert best_checkpoint(tmp_path).name == "checkpoint-30"  # never the test split's favourite
+    assert best_checkpoint(tmp_path, "test_accuracy").name == "checkpoint-10"
+    with pytest.raises(FileNotFoundError, match="validation_auc"):
+        best_checkpoint(tmp_path, "validation_auc")

@@ -35,6 +35,32 @@ def learning_curves(log_history: list[dict], metrics: tuple[str, ...] = ("auc", 
     return {name: sorted(points) for name, points in sorted(curves.items())}
 
 
+def best_checkpoint(run_dir: str | Path, curve: str = "validation_accuracy", higher_is_better: bool = True) -> Path:
+    """The run's saved `checkpoint-N` whose step scored best on `curve` (a `learning_curves` name; the earliest of
+    equals): how a run is picked on its validation split, never on the test split it reports.
+
+    >>> import json, tempfile
+    >>> run = Path(tempfile.mkdtemp())
+    >>> history = [{"step": s, "eval_validation_accuracy": a} for s, a in ((5, 0.8), (10, 0.9), (15, 0.85))]
+    >>> for step in (5, 10, 15):
+    ...     (run / f"checkpoint-{step}").mkdir()
+    >>> _ = (run / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    >>> best_checkpoint(run).name, best_checkpoint(run, higher_is_better=False).name
+    ('checkpoint-10', 'checkpoint-5')
+    """
+    run_dir = Path(run_dir)
+    metric = curve.rsplit("_", 1)[-1]
+    points = dict(learning_curves(read_log_history(run_dir), (metric,)).get(curve, []))
+    saved = {int(p.name.split("-")[-1]): p for p in run_dir.glob("checkpoint-*") if p.is_dir()}
+    scored = [(value if higher_is_better else -value, -step) for step, value in points.items() if step in saved]
+    if not scored:
+        raise FileNotFoundError(
+            f"No checkpoint of {run_dir} has a logged {curve!r} (logged: {sorted(points)}, saved: {sorted(saved)}); "
+            "train with --validation_percent and save_steps a multiple of eval_steps."
+        )
+    return saved[-max(scored)[1]]
+
+
 def _curve_name(key: str, metrics: tuple[str, ...]) -> str | None:
     if key == "loss":
         return "train_loss"
@@ -75,4 +101,4 @@ def plot_learning_curves(runs: dict[str, Curves], path: str | Path, metrics: tup
     plt.close(fig)
 
 
-__all__ = ["Curves", "learning_curves", "plot_learning_curves", "read_log_history"]
+__all__ = ["Curves", "best_checkpoint", "learning_curves", "plot_learning_curves", "read_log_history"]
