@@ -11,12 +11,16 @@ from pathlib import Path
 Curves = dict[str, list[tuple[int, float]]]
 
 
+def _checkpoints(run_dir: Path) -> dict[int, Path]:
+    """{step: folder} of the run's saved `checkpoint-N` folders."""
+    return {int(p.name.split("-")[-1]): p for p in run_dir.glob("checkpoint-*") if p.is_dir()}
+
+
 def read_log_history(run_dir: str | Path) -> list[dict]:
     """The log history of a run folder: its own `trainer_state.json`, else that of its latest `checkpoint-N`."""
     run_dir = Path(run_dir)
-    candidates = [run_dir / "trainer_state.json"] + sorted(
-        run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]), reverse=True
-    )
+    latest_first = sorted(_checkpoints(run_dir).items(), reverse=True)
+    candidates = [run_dir / "trainer_state.json"] + [folder / "trainer_state.json" for _, folder in latest_first]
     for path in candidates:
         if path.is_file():
             return json.loads(path.read_text())["log_history"]
@@ -51,7 +55,7 @@ def best_checkpoint(run_dir: str | Path, curve: str = "validation_accuracy", hig
     run_dir = Path(run_dir)
     metric = curve.rsplit("_", 1)[-1]
     points = dict(learning_curves(read_log_history(run_dir), (metric,)).get(curve, []))
-    saved = {int(p.name.split("-")[-1]): p for p in run_dir.glob("checkpoint-*") if p.is_dir()}
+    saved = _checkpoints(run_dir)
     scored = [(value if higher_is_better else -value, -step) for step, value in points.items() if step in saved]
     if not scored:
         raise FileNotFoundError(
