@@ -9,7 +9,13 @@ import torch
 from conftest import build_reward_model
 from datasets import Dataset
 
-from rad_q_hf.evaluation.reward_quality import group_metrics, held_out_quality, source_metrics
+from rad_q_hf.evaluation import reward_quality
+from rad_q_hf.evaluation.reward_quality import (
+    group_metrics,
+    held_out_quality,
+    source_metrics,
+    truncated_texts,
+)
 from rad_q_hf.model_card import auc_rows, per_source_table, replace_between, shipped_tables
 from rad_q_hf.scoring import text_rewards
 from rad_q_hf.training.reward_trainer import compute_reward_metrics, roc_auc
@@ -115,3 +121,31 @@ def test_readme_tables_from_per_source_files():
     assert filled == "a\n<!-- t -->\nnew\n<!-- /t -->\nb"
     with pytest.raises(ValueError, match="no <!-- u -->"):
         replace_between(filled, "u", "x")
+
+
+def test_truncated_texts_are_the_tokens_the_model_reads(tokenizer):
+    texts = ["you idiot, what a stupid idea", "great", "I love this place, it is lovely"]
+    cut = truncated_texts(tokenizer, texts, max_length=3)
+    for text, short in zip(texts, cut, strict=True):
+        ids = tokenizer(short, add_special_tokens=False)["input_ids"]
+        full = tokenizer(text, add_special_tokens=False, truncation=True, max_length=3)["input_ids"]
+        assert ids == full and text.startswith(short)  # byte-level BPE: a token prefix decodes to a text prefix
+    assert cut[1] == "great" and len(cut[0]) < len(texts[0]) and truncated_texts(tokenizer, texts, None) == texts
+
+
+@pytest.mark.parametrize("truncated", [False, True])
+def test_baseline_reads_whole_or_truncated_texts(tokenizer, monkeypatch, truncated):
+    seen = []
+
+    class RecordingJudge:
+        def score(self, texts):
+            seen.append(list(texts))
+            return [float(len(t)) for t in texts]
+
+    monkeypatch.setattr(reward_quality, "toxicity_judge", lambda name: RecordingJudge())
+    model = build_reward_model("rad_v", "gpt2", len(tokenizer), labels=("toxicity",))
+    texts = ["you idiot, what a stupid idea", "great", "I love this place, it is lovely", "the movie was great"]
+    ds = Dataset.from_dict({"text": texts, "labels": [[1.0], [0.0], [0.0], [1.0]]})
+    out = held_out_quality(model, tokenizer, ds, max_length=3, baseline="x", baseline_sees_truncated=truncated)
+    assert seen == [truncated_texts(tokenizer, texts, 3) if truncated else texts]
+    assert out["all"]["baseline_auc"] == roc_auc(np.array([len(t) for t in seen[0]], float), [1, 0, 0, 1])

@@ -50,21 +50,38 @@ def source_metrics(
 
 
 def held_out_quality(
-    model, tokenizer, ds, max_length: int = 128, baseline: str | None = None, batch_size: int = 32
+    model,
+    tokenizer,
+    ds,
+    max_length: int = 128,
+    baseline: str | None = None,
+    batch_size: int = 32,
+    baseline_sees_truncated: bool = False,
 ) -> dict[str, dict]:
     """`source_metrics` of the model on a `text` / `labels` (/ `source`) dataset, with a judge's AUC as baseline.
 
     `baseline` names a toxicity judge of `rad_q_hf.evaluation.judges` (e.g. `"profanity-check"`); `None` skips it.
+    The judge reads each whole text, or with `baseline_sees_truncated` only the `max_length` tokens the model reads
+    (decoded back to text), so that the two rank the same information.
     """
     texts, labels = list(ds["text"]), [row[0] for row in ds["labels"]]
     sources = ds["source"] if "source" in ds.column_names else [ALL] * len(texts)
     model.eval()
     pred = text_rewards(model, tokenizer, texts, batch_size, max_length)[:, 0].float().cpu().numpy()
-    scores = toxicity_judge(baseline).score(texts) if baseline else None
+    judged = truncated_texts(tokenizer, texts, max_length) if baseline_sees_truncated else texts
+    scores = toxicity_judge(baseline).score(judged) if baseline else None
     metrics = source_metrics(pred, labels, sources, scores)
     if baseline:
         metrics[ALL]["baseline"] = baseline
     return metrics
 
 
-__all__ = ["ALL", "DEFAULT_BASELINE", "group_metrics", "held_out_quality", "source_metrics"]
+def truncated_texts(tokenizer, texts: list[str], max_length: int | None) -> list[str]:
+    """Each text cut to the first `max_length` tokens as `text_rewards` tokenizes it, decoded back to a string."""
+    if max_length is None:
+        return list(texts)
+    ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+__all__ = ["ALL", "DEFAULT_BASELINE", "group_metrics", "held_out_quality", "source_metrics", "truncated_texts"]
