@@ -3,6 +3,7 @@
     python examples/evaluate_reward_model.py --checkpoint /work/runs/h6-rad-v-toxicity-v2/out/checkpoint-300 --output q.json
     python examples/evaluate_reward_model.py --checkpoint rad-v-toxicity --eval_samples 0         # a shipped model, all texts
     python examples/evaluate_reward_model.py --checkpoint rad-v-toxicity --baseline_sees_truncated  # same 64 tokens
+    python examples/evaluate_reward_model.py --task sentiment --checkpoint RUN_DIR --compare_to rad-v-sentiment
 
 Toxicity: the offline corpora's held-out split, the trainer's seeded sample of `--eval_samples` texts (0: all), the
 same texts `examples/ship_models.py` evaluates the shipped models on. Sentiment: SST-2 dev, no baseline.
@@ -16,8 +17,9 @@ from transformers import AutoModel, AutoTokenizer, HfArgumentParser
 
 import rad_q_hf
 from rad_q_hf.data import load_sentiment, load_toxicity
-from rad_q_hf.evaluation.reward_quality import DEFAULT_BASELINE, held_out_quality
+from rad_q_hf.evaluation.reward_quality import DEFAULT_BASELINE, held_out_quality, paired_accuracy
 from rad_q_hf.model_card import auc_rows, per_source_table
+from rad_q_hf.scoring import text_rewards
 
 
 @dataclass
@@ -32,6 +34,13 @@ class EvaluateArguments:
         metadata={"help": "Score the baseline on the same `--max_length` tokens the model reads, not the whole text."},
     )
     output: str | None = field(default=None, metadata={"help": "Write the per-source metrics here (JSON)."})
+    compare_to: str | None = field(
+        default=None,
+        metadata={
+            "help": "Another checkpoint or shipped name: print the paired accuracy difference (this minus that) with "
+            "its standard error on the same texts (written to OUTPUT's stem + `.paired.json`)."
+        },
+    )
 
 
 def main(a: EvaluateArguments) -> dict:
@@ -39,8 +48,7 @@ def main(a: EvaluateArguments) -> dict:
     test = (load_toxicity("offline", a.data_dir) if toxicity else load_sentiment("sst2", a.data_dir))["test"]
     if a.eval_samples and len(test) > a.eval_samples:
         test = test.shuffle(seed=1).select(range(a.eval_samples))  # the trainer's eval sample (seed 1)
-    path = a.checkpoint if Path(a.checkpoint).is_dir() else rad_q_hf.default_checkpoint(a.checkpoint)
-    model, tokenizer = AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    model, tokenizer = _load(a.checkpoint)
     baseline = DEFAULT_BASELINE if toxicity else None
     quality = held_out_quality(
         model, tokenizer, test, a.max_length, baseline, baseline_sees_truncated=a.baseline_sees_truncated
@@ -48,7 +56,27 @@ def main(a: EvaluateArguments) -> dict:
     if a.output:
         Path(a.output).write_text(json.dumps(quality, indent=2) + "\n")
     print(auc_rows(quality), per_source_table(quality), sep="\n\n")
+    if a.compare_to:
+        other, other_tokenizer = _load(a.compare_to)
+        texts, labels = list(test["text"]), [row[0] for row in test["labels"]]
+        pred = [
+            text_rewards(m, t, texts, max_length=a.max_length)[:, 0]
+            for m, t in ((model, tokenizer), (other, other_tokenizer))
+        ]
+        paired = {"a": a.checkpoint, "b": a.compare_to, **paired_accuracy(*pred, labels)}
+        print(
+            f"accuracy {a.checkpoint} − {a.compare_to}: {paired['difference']:+.4f} ± {paired['standard_error']:.4f} "
+            f"(n = {paired['n']}; right only by a: {paired['only_a']}, only by b: {paired['only_b']})"
+        )
+        if a.output:
+            Path(a.output).with_suffix(".paired.json").write_text(json.dumps(paired, indent=2) + "\n")
     return quality
+
+
+def _load(name: str):
+    """A checkpoint folder, or a shipped model's name, with its tokenizer (in eval mode)."""
+    path = name if Path(name).is_dir() else rad_q_hf.default_checkpoint(name)
+    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
 if __name__ == "__main__":

@@ -185,3 +185,36 @@ def test_scripts_import_this_checkout(tmp_path):
     script.write_text("import rad_q_hf; print(rad_q_hf.__file__)")
     out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=ENV, capture_output=True, text=True)
     assert Path(out.stdout.strip()).resolve() == ROOT / "rad_q_hf" / "__init__.py", out.stderr[-2000:]
+
+
+def test_evaluate_reward_model_compares_two_checkpoints(tokenizer, tmp_path):
+    """`--compare_to`: the paired accuracy difference of two saved models on SST-2 dev, as their rewards give it."""
+    from conftest import build_reward_model
+
+    from rad_q_hf.evaluation.reward_quality import paired_accuracy
+    from rad_q_hf.scoring import text_rewards
+
+    data = tmp_path / "data" / "sst2"
+    data.mkdir(parents=True)
+    lines = ["sentence\tlabel"] + [f"{w} movie the\t{int(w in ('good', 'great', 'kind'))}" for w in WORDS]
+    for name in ("train.tsv", "dev.tsv"):
+        (data / name).write_text("\n".join(lines))
+    texts, labels = [line.split("\t")[0] for line in lines[1:]], [float(line.split("\t")[1]) for line in lines[1:]]
+    folders = []
+    for seed in (0, 1):
+        model = build_reward_model("rad_v", "llama", len(tokenizer), labels=("positive",), seed=seed)
+        torch.nn.init.normal_(model.value_head.weight, std=1.0)
+        with torch.no_grad():  # centre the rewards on 0.5, so that each model calls about half the texts positive
+            model.value_head.bias += 0.5 - text_rewards(model, tokenizer, texts, max_length=64)[:, 0].median()
+        folders.append(tmp_path / f"m{seed}")
+        model.save_pretrained(folders[-1])
+        tokenizer.save_pretrained(folders[-1])
+    out = tmp_path / "q.json"
+    args = ["--task", "sentiment", "--data_dir", str(tmp_path / "data"), "--checkpoint", str(folders[0]),
+            "--compare_to", str(folders[1]), "--output", str(out)]  # fmt: skip
+    run([sys.executable, str(ROOT / "examples" / "evaluate_reward_model.py"), *args], tmp_path)
+    paired = json.loads(out.with_suffix(".paired.json").read_text())
+    pred = [text_rewards(AutoModel.from_pretrained(f).eval(), tokenizer, texts, max_length=64)[:, 0] for f in folders]
+    assert paired == {"a": str(folders[0]), "b": str(folders[1]), **paired_accuracy(*pred, labels)}
+    assert paired["only_a"] + paired["only_b"] > 0  # the two models disagree somewhere: a real comparison
+    assert paired["n"] == len(WORDS) and json.loads(out.read_text())["all"]["n"] == len(WORDS)

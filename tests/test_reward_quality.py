@@ -13,6 +13,7 @@ from rad_q_hf.evaluation import reward_quality
 from rad_q_hf.evaluation.reward_quality import (
     group_metrics,
     held_out_quality,
+    paired_accuracy,
     source_metrics,
     truncated_texts,
 )
@@ -149,3 +150,12 @@ def test_baseline_reads_whole_or_truncated_texts(tokenizer, monkeypatch, truncat
     out = held_out_quality(model, tokenizer, ds, max_length=3, baseline="x", baseline_sees_truncated=truncated)
     assert seen == [truncated_texts(tokenizer, texts, 3) if truncated else texts]
     assert out["all"]["baseline_auc"] == roc_auc(np.array([len(t) for t in seen[0]], float), [1, 0, 0, 1])
+
+
+def test_paired_accuracy_hand_computed():
+    # a right on all four; b right on 1 and 4 only -> d = [0, 1, 1, 0]
+    out = paired_accuracy([0.9, 0.2, 0.8, 0.1], [0.9, 0.7, 0.3, 0.4], [1, 0, 1, 0])
+    assert out["difference"] == 0.5 and out["only_a"] == 2 and out["only_b"] == 0
+    assert out["standard_error"] == pytest.approx(np.std([0, 1, 1, 0], ddof=1) / 2)
+    swapped = paired_accuracy([0.9, 0.7, 0.3, 0.4], [0.9, 0.2, 0.8, 0.1], [1, 0, 1, 0])
+    assert swapped["difference"] == -0.5 and swapped["only_b"] == 2

@@ -76,6 +76,30 @@ def held_out_quality(
     return metrics
 
 
+def paired_accuracy(pred_a: Sequence[float], pred_b: Sequence[float], labels: Sequence[float]) -> dict[str, float]:
+    """Accuracy of model a minus model b on the same texts (threshold 0.5), with its paired standard error.
+
+    Per text d = [a right] − [b right]; the difference is mean(d) and its standard error std(d, ddof=1) / sqrt(n),
+    so texts both models get right or wrong add no noise. `only_a` / `only_b` count the texts one model alone gets
+    right (McNemar's discordant pairs).
+
+    >>> paired_accuracy([0.9, 0.2, 0.8, 0.1], [0.9, 0.7, 0.3, 0.6], [1, 0, 1, 0])["difference"]
+    0.75
+    """
+    label = np.asarray(labels, dtype=np.float64) >= 0.5
+    right_a = (np.asarray(pred_a, dtype=np.float64) >= 0.5) == label
+    right_b = (np.asarray(pred_b, dtype=np.float64) >= 0.5) == label
+    d = right_a.astype(np.float64) - right_b
+    se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return {
+        "n": len(d),
+        "difference": float(d.mean()),
+        "standard_error": se,
+        "only_a": int((d > 0).sum()),
+        "only_b": int((d < 0).sum()),
+    }
+
+
 def truncated_texts(tokenizer, texts: list[str], max_length: int | None) -> list[str]:
     """Each text cut to the first `max_length` tokens as `text_rewards` tokenizes it, decoded back to a string."""
     if max_length is None:
@@ -84,4 +108,12 @@ def truncated_texts(tokenizer, texts: list[str], max_length: int | None) -> list
     return tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
-__all__ = ["ALL", "DEFAULT_BASELINE", "group_metrics", "held_out_quality", "source_metrics", "truncated_texts"]
+__all__ = [
+    "ALL",
+    "DEFAULT_BASELINE",
+    "group_metrics",
+    "held_out_quality",
+    "paired_accuracy",
+    "source_metrics",
+    "truncated_texts",
+]
