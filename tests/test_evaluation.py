@@ -451,7 +451,15 @@ def test_rerun_with_retrained_reward_model_is_refused_until_its_samples_go(model
     calls = []
     run_evaluation(config, on_batch=lambda s, b: calls.append(s.name))
     assert calls == ["rad-q_b2"] * 3  # only the deleted setting is sampled again, with the new weights
-    assert run_evaluation(config)["results"]["rad-q_b2"]["num_prompts"] == 5  # and the run goes on from there
+    report = run_evaluation(config)
+    assert report["results"]["rad-q_b2"]["num_prompts"] == 5  # and the run goes on from there
+    # The unguided samples were kept, but their scores by the reward model are the new weights', not stored ones.
+    from rad_q_hf.scoring import score_texts
+
+    maxima = [
+        max(score_texts(retrained.eval(), tokenizer, r["continuations"])) for r in merged(tmp_path / "run", "none")
+    ]
+    assert report["results"]["none"]["rm_rad-q"] == pytest.approx(sum(maxima) / len(maxima), abs=1e-5)
 
 
 def test_more_betas_and_other_judges_reuse_the_samples(models, reference_run, tmp_path, monkeypatch):

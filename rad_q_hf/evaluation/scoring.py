@@ -40,6 +40,18 @@ class Judges:
         reward_models = {m: c.reward_model_name(m) for m in c.methods if m != "none"}
         return {**kind, "fluency": c.fluency_lm} | ({"reward_models": reward_models} if reward_models else {})
 
+    def identities(self) -> dict:
+        """`names()` with each reward model named by its weights (`weights_fingerprint`): what stored scores are
+        keyed by, so that a reward model retrained under the same name re-scores every setting's samples."""
+        from .models import weights_fingerprint
+
+        if "identities" not in self._cache:
+            names = self.names()
+            if "reward_models" in names:
+                names["reward_models"] = {m: weights_fingerprint(n) for m, n in names["reward_models"].items()}
+            self._cache["identities"] = names
+        return self._cache["identities"]
+
     def reward_scores(self, method: str, texts: list[str]) -> list[float]:
         """`method`'s reward model's score of each text (its task label, clamped to [0, 1] as decoding uses it)."""
         from ..scoring import score_texts
@@ -68,7 +80,7 @@ def score_setting(setting: Setting, rows: list[dict], judges: Judges, output: st
     """Per-sample judge outputs for a setting, cached in `scores/<setting>.json` (NaN stored as null).
 
     Stored scores are reused per judge: a prompt whose samples are unchanged (same index, prompt and continuations)
-    keeps the scores of every judge that is unchanged too. A run resumed with more prompts judges only the new ones;
+    keeps the scores of every judge that is unchanged too (a reward model: the same weights, not only the same name). A run resumed with more prompts judges only the new ones;
     a run with another fluency judge re-judges only perplexity, and one without (`none`) leaves the stored file as it
     is, so that a later run with the judge back finds its scores.
     """
@@ -80,7 +92,7 @@ def score_setting(setting: Setting, rows: list[dict], judges: Judges, output: st
         i < len(cached["prompts"]) and cached["prompts"][i] == prompts[i] and cached["continuations"][i] == conts[i]
         for i in range(len(rows))
     ]
-    old, now = _judge_of_key(cached["judges"]), _judge_of_key(judges.names())
+    old, now = _judge_of_key(cached["judges"]), _judge_of_key(judges.identities())
     same = {key for key in now if key in cached and old.get(key) == now[key]}  # reusable for the known prompts
     new_rows = [i for i in range(len(rows)) if not known[i]]
     fresh = {}
@@ -88,7 +100,7 @@ def score_setting(setting: Setting, rows: list[dict], judges: Judges, output: st
         if keys and todo:
             judged = _judge(setting, [prompts[i] for i in todo], [conts[i] for i in todo], judges, keys)
             fresh.update({key: dict(zip(todo, judged[key], strict=True)) for key in keys})
-    scores = {"judges": judges.names(), "prompts": prompts, "continuations": conts}
+    scores = {"judges": judges.identities(), "prompts": prompts, "continuations": conts}
     for key in now:
         scores[key] = [fresh[key][i] if i in fresh.get(key, {}) else cached[key][i] for i in range(len(rows))]
     scores = _nan_to_null(scores)
