@@ -21,6 +21,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import trunk_grid  # examples/trunk_grid.py, next to this script
 from transformers import AutoModel, AutoTokenizer, HfArgumentParser
@@ -106,9 +107,16 @@ class ShipArguments:
 # percent), which `--num_layers` and the `--sentiment_*` flags override. RAD-Q's was retrained on 2026-11-28 on 18
 # layers, cosine, with the checkpoint picked on validation: SST-2 dev 0.864 -> 0.898, +0.034 ± 0.011 paired
 # (docs/reward_quality.md §6); RAD-V's retrainings (two epochs; 18 layers) did not measurably beat its first recipe.
+class SentimentRecipe(NamedTuple):
+    num_layers: int
+    stage_steps: str  # Amazon, SST-2
+    lr_scheduler: str
+    validation_percent: float
+
+
 SENTIMENT_RECIPES = {
-    "rad-v-sentiment": (12, "100,2000", "linear", 0.0),
-    "rad-q-sentiment": (18, "100,2000", "cosine", 5.0),
+    "rad-v-sentiment": SentimentRecipe(12, "100,2000", "linear", 0.0),
+    "rad-q-sentiment": SentimentRecipe(18, "100,2000", "cosine", 5.0),
 }
 DEFAULT_NUM_LAYERS = 12
 TRUNK_NAMES = ("rad-q-trunk-toxicity", "rad-q-trunk-sentiment")
@@ -119,7 +127,7 @@ def num_layers(name: str, a: ShipArguments) -> int:
     """Backbone layers of a model: `--num_layers`, else its sentiment recipe's, else `DEFAULT_NUM_LAYERS`."""
     if a.num_layers is not None:
         return a.num_layers
-    return SENTIMENT_RECIPES[name][0] if name in SENTIMENT_RECIPES else DEFAULT_NUM_LAYERS
+    return SENTIMENT_RECIPES[name].num_layers if name in SENTIMENT_RECIPES else DEFAULT_NUM_LAYERS
 
 
 def recipe(name: str, a: ShipArguments):
@@ -149,11 +157,11 @@ def recipe(name: str, a: ShipArguments):
 
 def sentiment_recipe(name: str, a: ShipArguments) -> tuple[str, str, float]:
     """(stage steps, schedule, validation percent) of a sentiment model: its `SENTIMENT_RECIPES` entry, as overridden."""
-    _, steps, scheduler, validation_percent = SENTIMENT_RECIPES[name]
+    r = SENTIMENT_RECIPES[name]
     return (
-        a.sentiment_steps or steps,
-        a.sentiment_lr_scheduler or scheduler,
-        validation_percent if a.sentiment_validation_percent is None else a.sentiment_validation_percent,
+        a.sentiment_steps or r.stage_steps,
+        a.sentiment_lr_scheduler or r.lr_scheduler,
+        r.validation_percent if a.sentiment_validation_percent is None else a.sentiment_validation_percent,
     )
 
 

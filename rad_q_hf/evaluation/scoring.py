@@ -80,9 +80,10 @@ def score_setting(setting: Setting, rows: list[dict], judges: Judges, output: st
     """Per-sample judge outputs for a setting, cached in `scores/<setting>.json` (NaN stored as null).
 
     Stored scores are reused per judge: a prompt whose samples are unchanged (same index, prompt and continuations)
-    keeps the scores of every judge that is unchanged too (a reward model: the same weights, not only the same name). A run resumed with more prompts judges only the new ones;
-    a run with another fluency judge re-judges only perplexity, and one without (`none`) leaves the stored file as it
-    is, so that a later run with the judge back finds its scores.
+    keeps the scores of every judge that is unchanged too (a reward model: the same weights, not only the same name).
+    A run resumed with more prompts judges only the new ones; a run with another fluency judge re-judges only
+    perplexity, and one without (`none`) leaves the stored file as it is, so that a later run with the judge back
+    finds its scores.
     """
     path = Path(output) / "scores" / f"{setting.name}.json"
     prompts = [r["prompt"] for r in rows]
