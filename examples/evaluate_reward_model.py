@@ -17,9 +17,14 @@ from transformers import AutoModel, AutoTokenizer, HfArgumentParser
 
 import rad_q_hf
 from rad_q_hf.data import load_sentiment, load_toxicity
-from rad_q_hf.evaluation.reward_quality import DEFAULT_BASELINE, held_out_quality, paired_accuracy
+from rad_q_hf.evaluation.reward_quality import (
+    DEFAULT_BASELINE,
+    held_out_predictions,
+    paired_accuracy,
+    paired_auc,
+    quality_of_predictions,
+)
 from rad_q_hf.model_card import auc_rows, per_source_table
-from rad_q_hf.scoring import text_rewards
 
 
 @dataclass
@@ -37,8 +42,8 @@ class EvaluateArguments:
     compare_to: str | None = field(
         default=None,
         metadata={
-            "help": "Another checkpoint or shipped name: print the paired accuracy difference (this minus that) with "
-            "its standard error on the same texts (written to OUTPUT's stem + `.paired.json`)."
+            "help": "Another checkpoint or shipped name: print the paired accuracy and ROC AUC differences (this "
+            "minus that) with their standard errors on the same texts (written to OUTPUT's stem + `.paired.json`)."
         },
     )
 
@@ -50,23 +55,21 @@ def main(a: EvaluateArguments) -> dict:
         test = test.shuffle(seed=1).select(range(a.eval_samples))  # the trainer's eval sample (seed 1)
     model, tokenizer = _load(a.checkpoint)
     baseline = DEFAULT_BASELINE if toxicity else None
-    quality = held_out_quality(
-        model, tokenizer, test, a.max_length, baseline, baseline_sees_truncated=a.baseline_sees_truncated
-    )
+    pred = held_out_predictions(model, tokenizer, test, a.max_length)
+    quality = quality_of_predictions(pred, test, tokenizer, a.max_length, baseline, a.baseline_sees_truncated)
     if a.output:
         Path(a.output).write_text(json.dumps(quality, indent=2) + "\n")
     print(auc_rows(quality), per_source_table(quality), sep="\n\n")
     if a.compare_to:
         other, other_tokenizer = _load(a.compare_to)
-        texts, labels = list(test["text"]), [row[0] for row in test["labels"]]
-        pred = [
-            text_rewards(m, t, texts, max_length=a.max_length)[:, 0]
-            for m, t in ((model, tokenizer), (other, other_tokenizer))
-        ]
-        paired = {"a": a.checkpoint, "b": a.compare_to, **paired_accuracy(*pred, labels)}
+        other_pred = held_out_predictions(other, other_tokenizer, test, a.max_length)
+        labels = [row[0] for row in test["labels"]]
+        auc = paired_auc(pred, other_pred, labels)
+        paired = {"a": a.checkpoint, "b": a.compare_to, **paired_accuracy(pred, other_pred, labels), "auc": auc}
         print(
             f"accuracy {a.checkpoint} − {a.compare_to}: {paired['difference']:+.4f} ± {paired['standard_error']:.4f} "
-            f"(n = {paired['n']}; right only by a: {paired['only_a']}, only by b: {paired['only_b']})"
+            f"(n = {paired['n']}; right only by a: {paired['only_a']}, only by b: {paired['only_b']})\n"
+            f"ROC AUC: {auc['auc_a']:.4f} − {auc['auc_b']:.4f} = {auc['difference']:+.4f} ± {auc['standard_error']:.4f}"
         )
         if a.output:
             Path(a.output).with_suffix(".paired.json").write_text(json.dumps(paired, indent=2) + "\n")

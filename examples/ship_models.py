@@ -29,7 +29,7 @@ from transformers import AutoModel, AutoTokenizer, HfArgumentParser
 import rad_q_hf  # noqa: F401  (registers the Auto classes)
 from rad_q_hf.checkpoints import SHIPPED_DIR, default_checkpoint, export_delta
 from rad_q_hf.data import load_sentiment, load_toxicity
-from rad_q_hf.evaluation.learning_curves import best_checkpoint, read_log_history
+from rad_q_hf.evaluation.learning_curves import best_checkpoint, checkpoint_step, logged_at_step, read_log_history
 from rad_q_hf.evaluation.reward_quality import DEFAULT_BASELINE, held_out_quality
 from rad_q_hf.model_card import render_card, replace_between, shipped_tables
 from rad_q_hf.training import RewardTrainingConfig
@@ -70,7 +70,9 @@ class ShipArguments:
         metadata={"help": "Peak learning rate of RAD-Q's heads (eᵀWh moves ~50x faster than a value head per step)."},
     )
     batch_size: int = field(default=32, metadata={"help": "Texts per step."})
-    toxicity_steps: int = field(default=500, metadata={"help": "Optimizer steps for toxicity."})
+    toxicity_steps: int | None = field(
+        default=None, metadata={"help": "Toxicity: optimizer steps (default: the model's TOXICITY_RECIPES)."}
+    )
     sentiment_steps: str | None = field(
         default=None,
         metadata={"help": "Steps of the Amazon and SST-2 stages (default: the model's SENTIMENT_RECIPES)."},
@@ -118,6 +120,26 @@ SENTIMENT_RECIPES = {
     "rad-v-sentiment": SentimentRecipe(12, "100,2000", "linear", 0.0),
     "rad-q-sentiment": SentimentRecipe(18, "100,2000", "cosine", 5.0),
 }
+
+
+# Each toxicity model's recipe. `max_steps` -1 trains `epochs` passes over all training texts; with a validation
+# split, the validation and test samples (`max_eval_samples` each) are scored every `eval_steps`, a checkpoint is kept
+# at each (the last `save_total_limit`), and the one with the best validation ROC AUC is shipped.
+class ToxicityRecipe(NamedTuple):
+    max_steps: int
+    epochs: float
+    lr_scheduler: str
+    warmup_steps: int
+    validation_percent: float
+    eval_steps: int = 50
+    max_eval_samples: int = 250
+    save_total_limit: int = 8
+
+
+TOXICITY_RECIPES = {
+    "rad-v-toxicity": ToxicityRecipe(500, 1, "linear", 30, 0.0),
+    "rad-q-toxicity": ToxicityRecipe(500, 1, "linear", 30, 0.0),
+}
 DEFAULT_NUM_LAYERS = 12
 TRUNK_NAMES = ("rad-q-trunk-toxicity", "rad-q-trunk-sentiment")
 NAMES = ("rad-q-toxicity", "rad-v-toxicity", "rad-q-sentiment", "rad-v-sentiment", *TRUNK_NAMES)
@@ -145,7 +167,18 @@ def recipe(name: str, a: ShipArguments):
         train_sampling_strategy="group_by_length",  # batches of similar lengths: far less padding on a CPU
     )  # fmt: skip
     if task == "toxicity":
-        return train_toxicity, model_args, data_args, RewardTrainingConfig(**common, max_steps=a.toxicity_steps)
+        r = TOXICITY_RECIPES[name]
+        common.update(
+            max_steps=r.max_steps if a.toxicity_steps is None else a.toxicity_steps, num_train_epochs=r.epochs,
+            lr_scheduler_type=r.lr_scheduler, warmup_steps=r.warmup_steps,
+        )  # fmt: skip
+        if r.validation_percent > 0:  # validation and test curves, a checkpoint at every point
+            data_args.validation_percent, data_args.max_eval_samples = r.validation_percent, r.max_eval_samples
+            common.update(
+                eval_strategy="steps", eval_steps=r.eval_steps, save_steps=r.eval_steps,
+                save_total_limit=r.save_total_limit, per_device_eval_batch_size=50,
+            )  # fmt: skip
+        return train_toxicity, model_args, data_args, RewardTrainingConfig(**common)
     steps, scheduler, validation_percent = sentiment_recipe(name, a)
     data_args.source, data_args.stage_max_steps = "amazon,sst2", steps
     data_args.validation_percent = validation_percent
@@ -243,16 +276,25 @@ def write_card(name: str, a: ShipArguments, out: Path, per_source: dict) -> None
         return write_trunk_card(name, a, out, per_source)
     _, model_args, data_args, training_args = recipe(name, a)
     stacked = name.endswith("sentiment")  # stage 2's adapters stacked on stage 1's
-    steps = sentiment_recipe(name, a)[0] if stacked else a.toxicity_steps
+    if stacked:
+        steps = f"steps {sentiment_recipe(name, a)[0]}"
+    else:
+        steps = f"steps {training_args.max_steps}" if training_args.max_steps > 0 else "one epoch over all of train"
+        steps = steps if training_args.num_train_epochs == 1 else f"{training_args.num_train_epochs:g} epochs"
     heads_lr = f" at lr {training_args.head_learning_rate:g}" if training_args.head_learning_rate else ""
     step = json.loads((out / "eval_results.json").read_text()).get("step")
-    picked = (
-        f"; {data_args.validation_percent:g} % of each stage's train split held out for validation, the SST-2 "
-        f"stage's checkpoint with the best validation accuracy shipped (step {step}, of one every "
-        f"{training_args.save_steps})"
-        if stacked and step is not None
-        else ""
-    )
+    picked = ""
+    if step is not None and data_args.validation_percent > 0:
+        split, which, metric = (
+            ("each stage's train split", "the SST-2 stage's checkpoint", "accuracy")
+            if stacked
+            else ("train", "the checkpoint", "ROC AUC")
+        )
+        kept = f", of the last {training_args.save_total_limit} kept" if training_args.save_total_limit else ""
+        picked = (
+            f"; {data_args.validation_percent:g} % of {split} held out for validation (by a hash of the text), {which} "
+            f"with the best validation {metric} shipped (step {step}, of one every {training_args.save_steps}{kept})"
+        )
     card = render_card(
         name, out, task="detox" if name.endswith("toxicity") else "positive", method=model_args.method,
         data=SENTIMENT_DATA if stacked else TOXICITY_DATA,
@@ -260,7 +302,8 @@ def write_card(name: str, a: ShipArguments, out: Path, per_source: dict) -> None
         hyperparameters=(
             f"LoRA r={a.lora_r}, alpha={2 * a.lora_r} on {LORA_TARGETS} of the first {model_args.num_layers} layers; heads "
             f"trained fully{heads_lr}; AdamW (0.9, 0.95), eps 1e-12, wd 0.01, clip 2.0, lr {a.learning_rate:g} "
-            f"{training_args.lr_scheduler_type.value} with 30 warm-up steps, batch {a.batch_size}, steps {steps}, "
+            f"{training_args.lr_scheduler_type.value} with {training_args.warmup_steps} warm-up steps, batch "
+            f"{a.batch_size}, {steps}, "
             f"max length {data_args.max_length} tokens, seed 1, fp32, CPU{picked}"
         ),
         num_layers=model_args.num_layers, delta_mb=delta_mb(out), per_source=per_source,
@@ -284,14 +327,14 @@ def evaluate_and_document(name: str, a: ShipArguments) -> None:
     write_card(name, a, out, per_source)
 
 
-def picked_checkpoint(run_dir: Path) -> tuple[Path, dict]:
-    """The run's checkpoint with the best validation accuracy, and its test metrics as `eval_results.json` names
-    them (plus the step and the validation accuracy it was picked by)."""
-    checkpoint = best_checkpoint(run_dir, "validation_accuracy")
-    step = int(checkpoint.name.split("-")[-1])
-    logged = {k: v for e in read_log_history(run_dir) if e.get("step") == step for k, v in e.items()}
+def picked_checkpoint(run_dir: Path, curve: str = "validation_accuracy") -> tuple[Path, dict]:
+    """The run's checkpoint that scored best on `curve`, and its test metrics as `eval_results.json` names them
+    (plus the step and the validation score it was picked by)."""
+    checkpoint = best_checkpoint(run_dir, curve)
+    step = checkpoint_step(checkpoint)
+    logged = logged_at_step(read_log_history(run_dir), step)
     results = {k.replace("eval_test_", "eval_"): v for k, v in logged.items() if k.startswith("eval_test_")}
-    return checkpoint, {**results, "step": step, "eval_validation_accuracy": logged["eval_validation_accuracy"]}
+    return checkpoint, {**results, "step": step, f"eval_{curve}": logged[f"eval_{curve}"]}
 
 
 def ship(name: str, a: ShipArguments) -> None:
@@ -301,8 +344,9 @@ def ship(name: str, a: ShipArguments) -> None:
     trained, earlier = Path(training_args.output_dir), []
     if name.endswith("sentiment"):  # stage 2 trained new adapters on top of stage 1's merged ones: stack both
         trained, earlier = trained / "stage-2-sst2", [trained / "stage-1-amazon"]
-    if name.endswith("sentiment") and data_args.validation_percent > 0:
-        trained, results = picked_checkpoint(trained)
+    if data_args.validation_percent > 0:  # ship the checkpoint picked on validation
+        curve = "validation_accuracy" if name.endswith("sentiment") else "validation_auc"
+        trained, results = picked_checkpoint(trained, curve)
     else:
         results = json.loads((trained / "eval_results.json").read_text())
     out = SHIPPED_DIR / name

@@ -23,19 +23,31 @@ def _auc(value: float | None) -> str:
     return "–" if value is None or value != value else f"{value:.3f}"  # NaN: one class only
 
 
+def _difference(m: dict) -> str:
+    """The model's AUC minus the baseline's, ± DeLong's paired standard error (`paired_auc`), where measured."""
+    d, se = m.get("auc_minus_baseline"), m.get("auc_minus_baseline_se")
+    if d is None or d != d:
+        return "–"
+    return f"{d:+.3f}" if se is None or se != se else f"{d:+.3f} ± {se:.3f}"
+
+
 def per_source_table(per_source: dict[str, dict]) -> str:
-    """Per held-out source: texts, accuracy, MSE, label variance, and ROC AUC (with the baseline's) when measured."""
+    """Per held-out source: texts, accuracy, MSE, label variance, and ROC AUC (with the baseline's and the paired
+    difference to it) when measured."""
     rows = list(per_source.values())
     auc, baseline = any("auc" in m for m in rows), any("baseline_auc" in m for m in rows)
+    difference = any("auc_minus_baseline" in m for m in rows)
     name = _baseline_name(per_source)
     head = ["held-out source", "texts", "accuracy", "MSE", "label variance"]
     head += ["ROC AUC"] if auc else []
     head += [f"{name} ROC AUC (baseline)"] if baseline else []
+    head += ["AUC − baseline (± SE, paired)"] if difference else []
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     for source, m in per_source.items():
         cells = [source, str(m["n"]), f"{m['accuracy']:.3f}", f"{m['mse']:.4f}", f"{m['label_variance']:.4f}"]
         cells += [_auc(m.get("auc"))] if auc else []
         cells += [_auc(m.get("baseline_auc"))] if baseline else []
+        cells += [_difference(m)] if difference else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -78,17 +90,21 @@ def shipped_tables(shipped: dict[str, dict]) -> str:
 
 
 def toxicity_source_table(per_model: dict[str, dict[str, dict]]) -> str:
-    """One row per held-out source: label variance, each model's MSE and ROC AUC, and the baseline's ROC AUC."""
+    """One row per held-out source: label variance, each model's MSE and ROC AUC, the baseline's ROC AUC, and each
+    model's paired AUC difference to it where measured."""
     names = list(per_model)
     first = per_model[names[0]]
     head = ["source", "texts", "label variance", *[f"MSE {n}" for n in names], *[f"AUC {n}" for n in names]]
     head.append(f"AUC {_baseline_name(first)}")
+    difference = [n for n in names if any("auc_minus_baseline" in m for m in per_model[n].values())]
+    head += [f"AUC {n} − baseline (± SE)" for n in difference]
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     for source, m in first.items():
         cells = [source, str(m["n"]), f"{m['label_variance']:.4f}"]
         cells += [f"{per_model[n][source]['mse']:.4f}" for n in names]
         cells += [_auc(per_model[n][source].get("auc")) for n in names]
         cells.append(_auc(m.get("baseline_auc")))
+        cells += [_difference(per_model[n][source]) for n in difference]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -191,7 +191,7 @@ def test_evaluate_reward_model_compares_two_checkpoints(tokenizer, tmp_path):
     """`--compare_to`: the paired accuracy difference of two saved models on SST-2 dev, as their rewards give it."""
     from conftest import build_reward_model
 
-    from rad_q_hf.evaluation.reward_quality import paired_accuracy
+    from rad_q_hf.evaluation.reward_quality import paired_accuracy, paired_auc
     from rad_q_hf.scoring import text_rewards
 
     data = tmp_path / "data" / "sst2"
@@ -215,6 +215,8 @@ def test_evaluate_reward_model_compares_two_checkpoints(tokenizer, tmp_path):
     run([sys.executable, str(ROOT / "examples" / "evaluate_reward_model.py"), *args], tmp_path)
     paired = json.loads(out.with_suffix(".paired.json").read_text())
     pred = [text_rewards(AutoModel.from_pretrained(f).eval(), tokenizer, texts, max_length=64)[:, 0] for f in folders]
-    assert paired == {"a": str(folders[0]), "b": str(folders[1]), **paired_accuracy(*pred, labels)}
+    auc = paired_auc(*pred, labels)
+    assert paired == {"a": str(folders[0]), "b": str(folders[1]), **paired_accuracy(*pred, labels), "auc": auc}
+    assert auc["auc_a"] == pytest.approx(json.loads(out.read_text())["all"]["auc"])
     assert paired["only_a"] + paired["only_b"] > 0  # the two models disagree somewhere: a real comparison
     assert paired["n"] == len(WORDS) and json.loads(out.read_text())["all"]["n"] == len(WORDS)

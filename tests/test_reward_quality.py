@@ -14,6 +14,8 @@ from rad_q_hf.evaluation.reward_quality import (
     group_metrics,
     held_out_quality,
     paired_accuracy,
+    paired_auc,
+    quality_of_predictions,
     source_metrics,
     truncated_texts,
 )
@@ -97,6 +99,18 @@ def test_card_tables_show_auc_and_the_baseline_row():
     assert "AUC" not in per_source_table(old) and auc_rows(old) == ""  # older per_source.json files still render
 
 
+def test_tables_show_the_paired_difference_to_the_baseline_where_measured():
+    with_difference = {
+        k: {**row, "auc_minus_baseline": -0.1, "auc_minus_baseline_se": 0.04} for k, row in PER_SOURCE.items()
+    }
+    assert "| 0.800 | 0.900 | -0.100 ± 0.040 |" in per_source_table(with_difference)
+    assert "− baseline" not in per_source_table(PER_SOURCE)  # files without it still render, without the column
+    text = shipped_tables({"rad-v-toxicity": {"per_source": with_difference, "delta_mb": 3.8},
+                           "rad-q-toxicity": {"per_source": PER_SOURCE, "delta_mb": 4.4}})  # fmt: skip
+    assert "| AUC rad-v-toxicity − baseline (± SE) |" in text and "rad-q-toxicity − baseline" not in text
+    assert "| ruddit | 10 | 0.0300 | 0.0200 | 0.0200 | 0.800 | 0.800 | 0.900 | -0.100 ± 0.040 |" in text
+
+
 def test_card_renders_auc(tmp_path):
     from rad_q_hf.model_card import render_card
 
@@ -159,3 +173,72 @@ def test_paired_accuracy_hand_computed():
     assert out["standard_error"] == pytest.approx(np.std([0, 1, 1, 0], ddof=1) / 2)
     swapped = paired_accuracy([0.9, 0.7, 0.3, 0.4], [0.9, 0.2, 0.8, 0.1], [1, 0, 1, 0])
     assert swapped["difference"] == -0.5 and swapped["only_b"] == 2
+
+
+def _delong_by_pairs(a, b, y):
+    """DeLong's paired variance the slow way: the (positive × negative) kernel matrix of each scorer."""
+    a, b, y = np.asarray(a, float), np.asarray(b, float), np.asarray(y) >= 0.5
+    psi = [(s[y][:, None] > s[~y][None, :]) + 0.5 * (s[y][:, None] == s[~y][None, :]) for s in (a, b)]
+    v10 = np.stack([k.mean(axis=1) for k in psi])  # (2, m) each positive's placement
+    v01 = np.stack([k.mean(axis=0) for k in psi])  # (2, n) each negative's
+    s10, s01 = np.cov(v10), np.cov(v01)  # (2, 2) covariances across texts, ddof 1
+    contrast = np.array([1.0, -1.0])
+    var = contrast @ s10 @ contrast / y.sum() + contrast @ s01 @ contrast / (~y).sum()
+    return psi[0].mean() - psi[1].mean(), math.sqrt(var)
+
+
+def test_paired_auc_matches_pairwise_delong_with_ties():
+    rng = np.random.default_rng(3)
+    labels = rng.random(120)
+    a = np.round(labels + rng.normal(0, 0.4, 120), 1)  # rounded: many ties, within and across classes
+    b = np.round(labels + rng.normal(0, 0.6, 120), 1)
+    out = paired_auc(a, b, labels)
+    difference, se = _delong_by_pairs(a, b, labels)
+    assert out["auc_a"] == pytest.approx(roc_auc(a, labels)) and out["auc_b"] == pytest.approx(roc_auc(b, labels))
+    assert out["difference"] == pytest.approx(difference) and out["standard_error"] == pytest.approx(se)
+    assert out["n_positive"] + out["n_negative"] == 120
+    swapped = paired_auc(b, a, labels)
+    assert swapped["difference"] == pytest.approx(-difference) and swapped["standard_error"] == pytest.approx(se)
+    same = paired_auc(a, a, labels)
+    assert same["difference"] == 0 and same["standard_error"] == 0
+
+
+def test_paired_auc_standard_error_matches_the_spread_over_samples():
+    """Over many samples from one population, the AUC difference spreads as DeLong's standard error says."""
+    rng = np.random.default_rng(0)
+    differences, ses = [], []
+    for _ in range(400):
+        y = rng.random(150) < 0.4
+        shared = rng.normal(0, 1, 150)  # both scorers see the same text difficulty: a positive correlation
+        a = y + shared + rng.normal(0, 0.5, 150)
+        b = y + shared + rng.normal(0, 1.0, 150)
+        out = paired_auc(a, b, y.astype(float))
+        differences.append(out["difference"])
+        ses.append(out["standard_error"])
+    assert np.mean(ses) == pytest.approx(np.std(differences), rel=0.15)
+
+
+def test_paired_auc_with_one_class_or_one_text_of_a_class():
+    out = paired_auc([0.1, 0.2], [0.3, 0.1], [1, 1])
+    assert math.isnan(out["difference"]) and math.isnan(out["standard_error"])
+    one = paired_auc([0.9, 0.1, 0.2], [0.1, 0.2, 0.3], [1, 0, 0])  # a single positive: AUC defined, SE not
+    assert one["difference"] == 1.0 and math.isnan(one["standard_error"])
+
+
+def test_group_metrics_report_the_difference_to_the_baseline():
+    pred, label, base = (
+        np.array([0.9, 0.2, 0.6, 0.1, 0.7]),
+        np.array([1.0, 0, 0.3, 0, 0.8]),
+        np.array([0.5, 0.6, 0.1, 0.2, 0.3]),
+    )
+    out = group_metrics(pred, label, base)
+    paired = paired_auc(pred, base, label)
+    assert out["auc_minus_baseline"] == pytest.approx(out["auc"] - out["baseline_auc"])
+    assert out["auc_minus_baseline_se"] == paired["standard_error"] and out["auc_minus_baseline_se"] > 0
+
+
+def test_quality_of_predictions_refuses_predictions_of_other_texts():
+    ds = Dataset.from_dict({"text": ["a", "b", "c"], "labels": [[1.0], [0.0], [1.0]]})
+    with pytest.raises(ValueError, match="3 texts"):
+        quality_of_predictions([0.1, 0.2], ds)
+    assert quality_of_predictions([0.9, 0.1, 0.8], ds)["all"]["auc"] == 1.0

@@ -105,3 +105,57 @@ def test_best_checkpoint_is_picked_on_validation_among_saved_ones(tmp_path):
     assert best_checkpoint(tmp_path, "test_accuracy").name == "checkpoint-10"
     with pytest.raises(FileNotFoundError, match="validation_auc"):
         best_checkpoint(tmp_path, "validation_auc")
+
+
+def test_checkpoint_step_and_what_was_logged_at_it(tmp_path):
+    from rad_q_hf.evaluation.learning_curves import best_checkpoint, checkpoint_step, logged_at_step
+
+    assert checkpoint_step(tmp_path / "checkpoint-1950") == 1950
+    for odd in ("checkpoint-final", "tmp-checkpoint-50", "stage-2-sst2"):
+        with pytest.raises(ValueError, match="checkpoint-N"):
+            checkpoint_step(tmp_path / odd)
+    history = [
+        {"step": 50, "loss": 0.2},
+        {"step": 50, "eval_validation_auc": 0.8, "eval_validation_mse": 0.1},
+        {"step": 50, "eval_test_auc": 0.7},
+        {"step": 100, "eval_validation_auc": 0.9},
+    ]
+    assert logged_at_step(history, 50) == {
+        "step": 50, "loss": 0.2, "eval_validation_auc": 0.8, "eval_validation_mse": 0.1, "eval_test_auc": 0.7,
+    }  # fmt: skip
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    for name in ("checkpoint-50", "checkpoint-100", "tmp-checkpoint-150", "checkpoint-extra"):
+        (tmp_path / name).mkdir()
+    assert best_checkpoint(tmp_path, "validation_auc").name == "checkpoint-100"  # odd folder names are not runs'
+
+
+def test_shipped_toxicity_recipe_picks_its_checkpoint_on_validation_auc(tmp_path, monkeypatch):
+    """`ship_models.py`: a toxicity recipe with a validation split evaluates and saves at the same steps, and ships
+    the checkpoint with the best validation ROC AUC, reporting that checkpoint's *test* metrics."""
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "examples"))
+    ship_models = __import__("ship_models")
+    monkeypatch.setitem(
+        ship_models.TOXICITY_RECIPES, "rad-v-toxicity", ship_models.ToxicityRecipe(-1, 1, "cosine", 50, 5.0)
+    )
+    args = ship_models.ShipArguments(work_dir=str(tmp_path))
+    _, _, data_args, config = ship_models.recipe("rad-v-toxicity", args)
+    assert (config.max_steps, config.num_train_epochs, config.warmup_steps) == (-1, 1, 50)
+    assert config.eval_steps == config.save_steps == 50 and config.save_total_limit == 8
+    assert data_args.validation_percent == 5.0 and data_args.max_eval_samples == 250
+    _, _, data_args, config = ship_models.recipe("rad-q-toxicity", args)  # the shipped one: 500 steps, no validation
+    assert config.max_steps == 500 and data_args.validation_percent == 0 and config.eval_strategy.value == "no"
+
+    history = [
+        {"step": 50, "eval_validation_auc": 0.90, "eval_test_auc": 0.60, "eval_test_mse": 0.3},
+        {"step": 100, "eval_validation_auc": 0.85, "eval_test_auc": 0.80, "eval_test_mse": 0.2},
+    ]
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    for step in (50, 100):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    checkpoint, results = ship_models.picked_checkpoint(tmp_path, "validation_auc")
+    assert checkpoint.name == "checkpoint-50"
+    assert results == {"eval_auc": 0.60, "eval_mse": 0.3, "step": 50, "eval_validation_auc": 0.90}
+    sys.modules.pop("ship_models", None)

@@ -11,9 +11,28 @@ from pathlib import Path
 Curves = dict[str, list[tuple[int, float]]]
 
 
+def checkpoint_step(folder: str | Path) -> int:
+    """The optimizer step N of a Trainer's `checkpoint-N` folder.
+
+    >>> checkpoint_step("runs/rad-v/checkpoint-1950")
+    1950
+    """
+    name = Path(folder).name
+    prefix, _, step = name.rpartition("-")
+    if prefix != "checkpoint" or not step.isdigit():
+        raise ValueError(f"{folder} is not a Trainer checkpoint folder (`checkpoint-N`).")
+    return int(step)
+
+
+def logged_at_step(log_history: list[dict], step: int) -> dict:
+    """Everything logged at `step` (the Trainer logs the loss, each split's evaluation and so on as separate
+    entries), merged into one dict."""
+    return {k: v for entry in log_history if entry.get("step") == step for k, v in entry.items()}
+
+
 def _checkpoints(run_dir: Path) -> dict[int, Path]:
     """{step: folder} of the run's saved `checkpoint-N` folders."""
-    return {int(p.name.split("-")[-1]): p for p in run_dir.glob("checkpoint-*") if p.is_dir()}
+    return {int(p.name[11:]): p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()}
 
 
 def read_log_history(run_dir: str | Path) -> list[dict]:
@@ -105,4 +124,12 @@ def plot_learning_curves(runs: dict[str, Curves], path: str | Path, metrics: tup
     plt.close(fig)
 
 
-__all__ = ["Curves", "best_checkpoint", "learning_curves", "plot_learning_curves", "read_log_history"]
+__all__ = [
+    "Curves",
+    "best_checkpoint",
+    "checkpoint_step",
+    "learning_curves",
+    "logged_at_step",
+    "plot_learning_curves",
+    "read_log_history",
+]

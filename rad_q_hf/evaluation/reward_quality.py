@@ -6,7 +6,8 @@
 Each text's reward is the model's output 0 at its last token (unclamped). Accuracy thresholds prediction and label at
 0.5; ROC AUC counts labels ≥ 0.5 as positive (continuous-label sources are binarised there, their MSE is not); a model
 that predicts a source's mean label scores an MSE equal to that source's label variance. The baseline is a toxicity
-judge (`alt-profanity-check` by default) scored on the same texts.
+judge (`alt-profanity-check` by default) scored on the same texts; the model's AUC minus the baseline's comes with
+DeLong's paired standard error (`paired_auc`), so "beats the baseline on this source" can be told from noise.
 """
 
 from collections.abc import Sequence
@@ -31,7 +32,9 @@ def group_metrics(pred: np.ndarray, label: np.ndarray, baseline: np.ndarray | No
         "auc": roc_auc(pred, label),
     }
     if baseline is not None:
-        out["baseline_auc"] = roc_auc(baseline, label)
+        paired = paired_auc(pred, baseline, label)
+        out["baseline_auc"] = paired["auc_b"]
+        out["auc_minus_baseline"], out["auc_minus_baseline_se"] = paired["difference"], paired["standard_error"]
     return out
 
 
@@ -64,10 +67,32 @@ def held_out_quality(
     The judge reads each whole text, or with `baseline_sees_truncated` only the `max_length` tokens the model reads
     (decoded back to text), so that the two rank the same information.
     """
-    texts, labels = list(ds["text"]), [row[0] for row in ds["labels"]]
-    sources = ds["source"] if "source" in ds.column_names else [ALL] * len(texts)
+    pred = held_out_predictions(model, tokenizer, ds, max_length, batch_size)
+    return quality_of_predictions(pred, ds, tokenizer, max_length, baseline, baseline_sees_truncated)
+
+
+def held_out_predictions(model, tokenizer, ds, max_length: int = 128, batch_size: int = 32) -> np.ndarray:
+    """The model's reward (output 0, unclamped) of each `text` of `ds`, read up to `max_length` tokens: shape (N,)."""
     model.eval()
-    pred = text_rewards(model, tokenizer, texts, batch_size, max_length)[:, 0].float().cpu().numpy()
+    return text_rewards(model, tokenizer, list(ds["text"]), batch_size, max_length)[:, 0].float().cpu().numpy()
+
+
+def quality_of_predictions(
+    pred: Sequence[float],
+    ds,
+    tokenizer=None,
+    max_length: int | None = None,
+    baseline: str | None = None,
+    baseline_sees_truncated: bool = False,
+) -> dict[str, dict]:
+    """`held_out_quality` of predictions already made (`held_out_predictions`), so that several comparisons can share
+    one pass of the model; `tokenizer` and `max_length` are needed only for `baseline_sees_truncated`."""
+    texts, labels = list(ds["text"]), [row[0] for row in ds["labels"]]
+    if len(pred) != len(texts):
+        raise ValueError(f"{len(pred)} predictions for {len(texts)} texts: predict on this very dataset.")
+    sources = ds["source"] if "source" in ds.column_names else [ALL] * len(texts)
+    if baseline_sees_truncated and (tokenizer is None or max_length is None):
+        raise ValueError("`baseline_sees_truncated` needs the model's `tokenizer` and `max_length` to cut the texts.")
     judged = truncated_texts(tokenizer, texts, max_length) if baseline_sees_truncated else texts
     scores = toxicity_judge(baseline).score(judged) if baseline else None
     metrics = source_metrics(pred, labels, sources, scores)
@@ -100,6 +125,53 @@ def paired_accuracy(pred_a: Sequence[float], pred_b: Sequence[float], labels: Se
     }
 
 
+def paired_auc(
+    pred_a: Sequence[float], pred_b: Sequence[float], labels: Sequence[float], threshold: float = 0.5
+) -> dict[str, float]:
+    """ROC AUC of scorer a minus scorer b on the same texts, with DeLong's paired standard error.
+
+    Each positive's placement is the fraction of negatives it outscores (ties one half), each negative's the fraction
+    of positives that outscore it; AUC is the mean placement, and the two scorers' placements co-vary text by text
+    (DeLong, DeLong & Clarke-Pearson 1988). Var(a − b) = Var_pos(Va − Vb) / m + Var_neg(Va − Vb) / n over the m
+    positives' and n negatives' placements, so texts both scorers rank alike add no noise. NaN with one class, and
+    a NaN standard error with fewer than two texts of a class.
+
+    >>> r = paired_auc([0.9, 0.8, 0.3, 0.1], [0.9, 0.2, 0.3, 0.1], [1, 1, 0, 0])
+    >>> r["auc_a"], r["auc_b"], r["difference"]
+    (1.0, 0.75, 0.25)
+    """
+    y = np.asarray(labels, dtype=np.float64) >= threshold
+    m, n = int(y.sum()), int((~y).sum())
+    nan = float("nan")
+    if m == 0 or n == 0:
+        return {"n_positive": m, "n_negative": n, "auc_a": nan, "auc_b": nan, "difference": nan, "standard_error": nan}
+    pos, neg = [], []
+    for s in (np.asarray(pred_a, dtype=np.float64), np.asarray(pred_b, dtype=np.float64)):
+        # midranks: within all texts, within positives, within negatives (1-based, ties share their mean rank)
+        all_ranks, pos_ranks, neg_ranks = _midranks(s), _midranks(s[y]), _midranks(s[~y])
+        pos.append((all_ranks[y] - pos_ranks) / n)  # (m,) negatives below each positive
+        neg.append(1.0 - (all_ranks[~y] - neg_ranks) / m)  # (n,) positives above each negative
+    auc_a, auc_b = float(pos[0].mean()), float(pos[1].mean())
+    d_pos, d_neg = pos[0] - pos[1], neg[0] - neg[1]
+    var = np.var(d_pos, ddof=1) / m + np.var(d_neg, ddof=1) / n if m > 1 and n > 1 else nan
+    return {
+        "n_positive": m,
+        "n_negative": n,
+        "auc_a": auc_a,
+        "auc_b": auc_b,
+        "difference": auc_a - auc_b,
+        "standard_error": float(np.sqrt(var)),
+    }
+
+
+def _midranks(s: np.ndarray) -> np.ndarray:
+    order = np.argsort(s, kind="mergesort")
+    _, first, counts = np.unique(s[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(s))
+    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)
+    return ranks
+
+
 def truncated_texts(tokenizer, texts: list[str], max_length: int | None) -> list[str]:
     """Each text cut to the first `max_length` tokens as `text_rewards` tokenizes it, decoded back to a string."""
     if max_length is None:
@@ -112,8 +184,11 @@ __all__ = [
     "ALL",
     "DEFAULT_BASELINE",
     "group_metrics",
+    "held_out_predictions",
     "held_out_quality",
     "paired_accuracy",
+    "paired_auc",
+    "quality_of_predictions",
     "source_metrics",
     "truncated_texts",
 ]
