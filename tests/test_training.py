@@ -1,10 +1,12 @@
 """RewardRegressionTrainer / DistillationTrainer against slow, per-example implementations of METHOD.md's losses."""
 
+import shutil
+
 import pytest
 import torch
 from conftest import build_reward_model
 from datasets import Dataset
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModel, TrainerCallback
 
@@ -273,6 +275,25 @@ def test_lora_checkpoint_loads_with_automodel_and_resumes(kind, backbone, tmp_pa
         torch.testing.assert_close(trained[from_peft_name(key)].detach(), value, rtol=0, atol=0)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.state.global_step == 3
+
+    # A checkpoint from before adapters were in peft's format (its trainable tensors under the model's own names in
+    # trainable_state.safetensors, no adapter/) resumes to the same tensors.
+    legacy = tmp_path / "legacy-checkpoint-2"
+    shutil.copytree(checkpoint, legacy)
+    shutil.rmtree(legacy / "adapter")
+    save_file({from_peft_name(k): v for k, v in saved.items()}, legacy / "trainable_state.safetensors")
+    old = build_reward_model(kind, backbone, VOCAB)
+    trainer = RewardRegressionTrainer(
+        old, args(tmp_path, max_steps=3), train_dataset=data, peft_config=lora_config(r=4, alpha=8)
+    )
+    trainer._load_from_checkpoint(str(legacy))
+    now = {n: p.detach() for n, p in old.named_parameters() if p.requires_grad}
+    assert now.keys() == {from_peft_name(k) for k in saved}
+    for key, value in saved.items():
+        torch.testing.assert_close(now[from_peft_name(key)], value, rtol=0, atol=0)
+    (legacy / "trainable_state.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="not saved from a LoRA run"):
+        trainer._load_from_checkpoint(str(legacy))
 
 
 def test_bad_datasets_raise_named_errors(tmp_path):

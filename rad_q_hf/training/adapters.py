@@ -27,6 +27,9 @@ from transformers.pytorch_utils import Conv1D
 ADAPTER_DIR = "adapter"  # peft's adapter_config.json + adapter_model.safetensors, inside a checkpoint
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+# Checkpoints saved before adapters were in peft's format hold the trainable tensors under the model's own parameter
+# names in this file instead; resuming still reads it.
+LEGACY_TRAINABLE_STATE = "trainable_state.safetensors"
 PEFT_PREFIX = "base_model.model."  # how a PeftModel over the whole reward model names its tensors
 HEADS = ("value_head", "reward_head", "baseline_head")
 

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from transformers import EvalPrediction, Trainer
 
@@ -18,6 +19,7 @@ from ..scoring import config_of, is_rad_q, last_token, prefix_rewards
 from .adapters import (
     ADAPTER_DIR,
     ADAPTER_WEIGHTS_NAME,
+    LEGACY_TRAINABLE_STATE,
     apply_lora,
     has_lora,
     is_head_parameter,
@@ -224,12 +226,16 @@ class RewardRegressionTrainer(Trainer):
         if not has_lora(model):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         folder = os.path.join(resume_from_checkpoint, ADAPTER_DIR)
-        if not os.path.exists(os.path.join(folder, ADAPTER_WEIGHTS_NAME)):
+        legacy = os.path.join(resume_from_checkpoint, LEGACY_TRAINABLE_STATE)
+        if os.path.exists(os.path.join(folder, ADAPTER_WEIGHTS_NAME)):
+            state = load_adapter_state(folder)
+        elif os.path.exists(legacy):  # saved before adapters were in peft's format: same tensors, the model's names
+            folder, state = legacy, load_file(legacy)
+        else:
             raise FileNotFoundError(
-                f"{os.path.join(folder, ADAPTER_WEIGHTS_NAME)} is missing: {resume_from_checkpoint} was not saved "
-                "from a LoRA run."
+                f"{os.path.join(folder, ADAPTER_WEIGHTS_NAME)} is missing (and there is no older-format "
+                f"{LEGACY_TRAINABLE_STATE}): {resume_from_checkpoint} was not saved from a LoRA run."
             )
-        state = load_adapter_state(folder)
         expected = set(trainable_state_dict(model))
         if set(state) != expected:
             raise ValueError(
