@@ -27,6 +27,7 @@ previous *real* position, querying the next *real* token: no `(B, T, |V|)` tenso
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 
 def config_of(model: nn.Module):
@@ -95,23 +96,31 @@ def last_token(rewards: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
 
 @torch.no_grad()
 def text_rewards(
-    model: nn.Module, tokenizer, texts: list[str], batch_size: int = 32, max_length: int | None = None
+    model: nn.Module,
+    tokenizer,
+    texts: list[str],
+    batch_size: int = 32,
+    max_length: int | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
-    """Raw rewards of whole texts, (N, n_labels), in batches (tokenized without special tokens, any padding side)."""
+    """Raw rewards of whole texts, (N, n_labels), in the order given (tokenized without special tokens, any padding
+    side). Texts are batched in order of length, so that a batch pads few tokens; `progress` shows a bar."""
     device = next(model.parameters()).device
+    ids = tokenizer(texts, add_special_tokens=False, truncation=max_length is not None, max_length=max_length)
+    ids = ids["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))  # shortest first
     rows = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(
-            texts[start : start + batch_size],
-            add_special_tokens=False,
-            truncation=max_length is not None,
-            max_length=max_length,
-            padding=True,
-            return_tensors="pt",
-        ).to(device)
+    for start in tqdm(range(0, len(texts), batch_size), desc="scoring texts", disable=not progress, leave=False):
+        chunk = [ids[i] for i in order[start : start + batch_size]]
+        batch = tokenizer.pad({"input_ids": chunk}, padding=True, return_tensors="pt").to(device)
         rewards, _ = prefix_rewards(model, batch["input_ids"], batch["attention_mask"])
-        rows.append(last_token(rewards, batch["attention_mask"]))
-    return torch.cat(rows) if rows else torch.empty(0, config_of(model).num_labels)
+        rows.append(last_token(rewards, batch["attention_mask"]))  # (b, n_labels)
+    if not rows:
+        return torch.empty(0, config_of(model).num_labels)
+    by_length = torch.cat(rows)
+    out = torch.empty_like(by_length)
+    out[torch.tensor(order, device=by_length.device)] = by_length  # back to the caller's order
+    return out
 
 
 def score_texts(model: nn.Module, tokenizer, texts: list[str], label: int = 0, batch_size: int = 32) -> list[float]:

@@ -74,7 +74,8 @@ def held_out_quality(
 def held_out_predictions(model, tokenizer, ds, max_length: int = 128, batch_size: int = 32) -> np.ndarray:
     """The model's reward (output 0, unclamped) of each `text` of `ds`, read up to `max_length` tokens: shape (N,)."""
     model.eval()
-    return text_rewards(model, tokenizer, list(ds["text"]), batch_size, max_length)[:, 0].float().cpu().numpy()
+    rewards = text_rewards(model, tokenizer, list(ds["text"]), batch_size, max_length, progress=True)
+    return rewards[:, 0].float().cpu().numpy()
 
 
 def quality_of_predictions(
