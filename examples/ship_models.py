@@ -93,8 +93,8 @@ class ShipArguments:
         default=False,
         metadata={"help": "Only re-evaluate the shipped models and re-render their cards and the README table."},
     )
-    eval_samples: int | None = field(
-        default=1000, metadata={"help": "Held-out texts evaluated (the trainer's seeded sample); None: all of them."}
+    eval_samples: int = field(
+        default=0, metadata={"help": "Held-out texts evaluated (the trainer's seeded sample of N; 0: all of them)."}
     )
     readme: str = field(default="README.md", metadata={"help": "The README whose shipped table is re-rendered."})
     trunk_tap_layer: int = field(default=18, metadata={"help": "rad-q-trunk-*: the LM layer whose states are read."})
@@ -236,7 +236,7 @@ def evaluate_shipped(name: str, a: ShipArguments, max_length: int) -> dict:
     toxicity = name.endswith("toxicity")
     data = load_toxicity("offline", a.data_dir) if toxicity else load_sentiment("sst2", a.data_dir)
     test = data["test"]
-    if a.eval_samples is not None and len(test) > a.eval_samples:
+    if 0 < a.eval_samples < len(test):
         test = test.shuffle(seed=1).select(range(a.eval_samples))  # the trainer's eval sample (seed 1)
     path = default_checkpoint(name)
     model, tokenizer = AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)

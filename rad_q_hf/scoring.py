@@ -106,6 +106,7 @@ def text_rewards(
     """Raw rewards of whole texts, (N, n_labels), in the order given (tokenized without special tokens, any padding
     side). Texts are batched in order of length, so that a batch pads few tokens; `progress` shows a bar."""
     device = next(model.parameters()).device
+    texts = list(texts)  # a `datasets` column is a sequence, not the list a tokenizer wants
     ids = tokenizer(texts, add_special_tokens=False, truncation=max_length is not None, max_length=max_length)
     ids = ids["input_ids"]
     order = sorted(range(len(texts)), key=lambda i: len(ids[i]))  # shortest first
