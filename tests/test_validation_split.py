@@ -145,7 +145,9 @@ def test_shipped_toxicity_recipe_picks_its_checkpoint_on_validation_auc(tmp_path
     assert (config.max_steps, config.num_train_epochs, config.warmup_steps) == (-1, 1, 50)
     assert config.eval_steps == config.save_steps == 50 and config.save_total_limit == 8
     assert data_args.validation_percent == 5.0 and data_args.max_eval_samples == 250
-    _, _, data_args, config = ship_models.recipe("rad-q-toxicity", args)  # the shipped one: 500 steps, no validation
+    old = ship_models.ToxicityRecipe(500, 1, "linear", 30, 0.0)  # the recipe shipped before 2026-11-28
+    monkeypatch.setitem(ship_models.TOXICITY_RECIPES, "rad-q-toxicity", old)
+    _, _, data_args, config = ship_models.recipe("rad-q-toxicity", args)
     assert config.max_steps == 500 and data_args.validation_percent == 0 and config.eval_strategy.value == "no"
 
     history = [
