@@ -107,6 +107,8 @@ def text_rewards(
     side). Texts are batched in order of length, so that a batch pads few tokens; `progress` shows a bar."""
     device = next(model.parameters()).device
     texts = list(texts)  # a `datasets` column is a sequence, not the list a tokenizer wants
+    if not texts:
+        return torch.empty(0, config_of(model).num_labels)
     ids = tokenizer(texts, add_special_tokens=False, truncation=max_length is not None, max_length=max_length)
     ids = ids["input_ids"]
     order = sorted(range(len(texts)), key=lambda i: len(ids[i]))  # shortest first
@@ -116,8 +118,6 @@ def text_rewards(
         batch = tokenizer.pad({"input_ids": chunk}, padding=True, return_tensors="pt").to(device)
         rewards, _ = prefix_rewards(model, batch["input_ids"], batch["attention_mask"])
         rows.append(last_token(rewards, batch["attention_mask"]))  # (b, n_labels)
-    if not rows:
-        return torch.empty(0, config_of(model).num_labels)
     by_length = torch.cat(rows)
     out = torch.empty_like(by_length)
     out[torch.tensor(order, device=by_length.device)] = by_length  # back to the caller's order

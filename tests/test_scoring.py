@@ -117,3 +117,4 @@ def test_score_texts_equal_one_text_at_a_time(kind, tokenizer):
         finally:
             tokenizer.padding_side = "left"
         assert scores == pytest.approx(one_by_one[:, 1].clamp(0, 1).tolist(), abs=1e-6)
+    assert text_rewards(model, tokenizer, []).shape == (0, 2)  # nothing to score: an empty (0, n_labels)
