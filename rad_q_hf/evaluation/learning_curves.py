@@ -6,9 +6,11 @@ every evaluation; a run with one held-out split logs `eval_*`. Curves are named 
 
 import json
 import math
+import re
 from pathlib import Path
 
 Curves = dict[str, list[tuple[int, float]]]
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")  # how the Trainer names the folder of its step-N checkpoint
 
 
 def checkpoint_step(folder: str | Path) -> int:
@@ -17,11 +19,10 @@ def checkpoint_step(folder: str | Path) -> int:
     >>> checkpoint_step("runs/rad-v/checkpoint-1950")
     1950
     """
-    name = Path(folder).name
-    prefix, _, step = name.rpartition("-")
-    if prefix != "checkpoint" or not step.isdigit():
+    match = _CHECKPOINT.fullmatch(Path(folder).name)
+    if match is None:
         raise ValueError(f"{folder} is not a Trainer checkpoint folder (`checkpoint-N`).")
-    return int(step)
+    return int(match[1])
 
 
 def logged_at_step(log_history: list[dict], step: int) -> dict:
@@ -32,7 +33,9 @@ def logged_at_step(log_history: list[dict], step: int) -> dict:
 
 def _checkpoints(run_dir: Path) -> dict[int, Path]:
     """{step: folder} of the run's saved `checkpoint-N` folders."""
-    return {int(p.name[11:]): p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()}
+    return {
+        checkpoint_step(p): p for p in run_dir.glob("checkpoint-*") if p.is_dir() and _CHECKPOINT.fullmatch(p.name)
+    }
 
 
 def read_log_history(run_dir: str | Path) -> list[dict]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..scoring import text_rewards
-from ..training.reward_trainer import roc_auc
+from ..training.reward_trainer import midranks, roc_auc
 from .judges import toxicity_judge
 
 ALL = "all"
@@ -149,7 +149,7 @@ def paired_auc(
     pos, neg = [], []
     for s in (np.asarray(pred_a, dtype=np.float64), np.asarray(pred_b, dtype=np.float64)):
         # midranks: within all texts, within positives, within negatives (1-based, ties share their mean rank)
-        all_ranks, pos_ranks, neg_ranks = _midranks(s), _midranks(s[y]), _midranks(s[~y])
+        all_ranks, pos_ranks, neg_ranks = midranks(s), midranks(s[y]), midranks(s[~y])
         pos.append((all_ranks[y] - pos_ranks) / n)  # (m,) negatives below each positive
         neg.append(1.0 - (all_ranks[~y] - neg_ranks) / m)  # (n,) positives above each negative
     auc_a, auc_b = float(pos[0].mean()), float(pos[1].mean())
@@ -163,14 +163,6 @@ def paired_auc(
         "difference": auc_a - auc_b,
         "standard_error": float(np.sqrt(var)),
     }
-
-
-def _midranks(s: np.ndarray) -> np.ndarray:
-    order = np.argsort(s, kind="mergesort")
-    _, first, counts = np.unique(s[order], return_index=True, return_counts=True)
-    ranks = np.empty(len(s))
-    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)
-    return ranks
 
 
 def truncated_texts(tokenizer, texts: list[str], max_length: int | None) -> list[str]:
