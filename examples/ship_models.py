@@ -281,9 +281,11 @@ def write_card(name: str, a: ShipArguments, out: Path, per_source: dict) -> None
     stacked = name.endswith("sentiment")  # stage 2's adapters stacked on stage 1's
     if stacked:
         steps = f"steps {sentiment_recipe(name, a)[0]}"
+    elif training_args.max_steps > 0:  # the Trainer's max_steps overrides its epochs
+        steps = f"steps {training_args.max_steps}"
     else:
-        steps = f"steps {training_args.max_steps}" if training_args.max_steps > 0 else "one epoch over all of train"
-        steps = steps if training_args.num_train_epochs == 1 else f"{training_args.num_train_epochs:g} epochs"
+        epochs = training_args.num_train_epochs
+        steps = "one epoch over all of train" if epochs == 1 else f"{epochs:g} epochs over all of train"
     heads_lr = f" at lr {training_args.head_learning_rate:g}" if training_args.head_learning_rate else ""
     step = json.loads((out / "eval_results.json").read_text()).get("step")
     picked = ""
