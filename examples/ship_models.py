@@ -1,6 +1,6 @@
-"""Train, export and document the reward models shipped in `rad_q_hf/shipped/` (CPU, about 15-20 min each on 2 cores).
+"""Train, export and document the reward models shipped in `rad_q_hf/shipped/` (CPU; 1-2 h per model on one core).
 
-    python examples/ship_models.py --data_dir ../shared/data                       # all four
+    python examples/ship_models.py --data_dir ../shared/data                       # all six
     python examples/ship_models.py --data_dir ../shared/data --only rad-q-toxicity
     python examples/ship_models.py --data_dir ../shared/data --refresh_cards      # re-evaluate, re-render only
     python examples/ship_models.py --data_dir ../shared/data --only rad-q-trunk-toxicity,rad-q-trunk-sentiment
@@ -97,12 +97,18 @@ class ShipArguments:
         default=0, metadata={"help": "Held-out texts evaluated (the trainer's seeded sample of N; 0: all of them)."}
     )
     readme: str = field(default="README.md", metadata={"help": "The README whose shipped table is re-rendered."})
-    trunk_tap_layer: int = field(default=18, metadata={"help": "rad-q-trunk-*: the LM layer whose states are read."})
-    trunk_blocks: int = field(default=1, metadata={"help": "rad-q-trunk-*: own transformer blocks on top."})
-    trunk_train_texts: int = field(default=16384, metadata={"help": "rad-q-trunk-*: training texts (seeded sample)."})
-    trunk_epochs: int = field(default=2, metadata={"help": "rad-q-trunk-*: epochs over them."})
-    trunk_head_learning_rate: float = field(default=1e-4, metadata={"help": "rad-q-trunk-*: peak rate of W."})
-    trunk_learning_rate: float = field(default=1e-3, metadata={"help": "rad-q-trunk-*: peak rate of blocks, norm."})
+    trunk_tap_layer: int | None = field(
+        default=None, metadata={"help": "rad-q-trunk-*: the LM layer whose states are read (default: TRUNK_RECIPES)."}
+    )
+    trunk_blocks: int | None = field(default=None, metadata={"help": "rad-q-trunk-*: own transformer blocks on top."})
+    trunk_train_texts: int | None = field(
+        default=None, metadata={"help": "rad-q-trunk-*: training texts (seeded sample)."}
+    )
+    trunk_epochs: int | None = field(default=None, metadata={"help": "rad-q-trunk-*: epochs over them."})
+    trunk_head_learning_rate: float | None = field(default=None, metadata={"help": "rad-q-trunk-*: peak rate of W."})
+    trunk_learning_rate: float | None = field(
+        default=None, metadata={"help": "rad-q-trunk-*: peak rate of the blocks and norm."}
+    )
 
 
 # Each sentiment model's own recipe (backbone layers, steps of the Amazon and SST-2 stages, schedule, validation
@@ -142,6 +148,24 @@ class ToxicityRecipe(NamedTuple):
 TOXICITY_RECIPES = {
     "rad-v-toxicity": ToxicityRecipe(-1, 1, "cosine", 50, 5.0),
     "rad-q-toxicity": ToxicityRecipe(-1, 1, "cosine", 50, 5.0),
+}
+
+
+# Each trunk model's recipe (docs/trunk.md round 2, picked on validation), which the `--trunk_*` flags override.
+# Before these, the flags' defaults were the recipe, so re-rendering a card with `--skip_training` wrote another
+# model's command into it (rad-q-trunk-toxicity's card said tap layer 18; its weights read layer 24).
+class TrunkRecipe(NamedTuple):
+    tap_layer: int
+    blocks: int
+    train_texts: int
+    epochs: int
+    learning_rate: float  # blocks and norm
+    head_learning_rate: float  # W
+
+
+TRUNK_RECIPES = {
+    "rad-q-trunk-toxicity": TrunkRecipe(24, 1, 16384, 2, 1e-3, 1e-4),
+    "rad-q-trunk-sentiment": TrunkRecipe(18, 1, 16384, 4, 1e-3, 1e-4),
 }
 DEFAULT_NUM_LAYERS = 12
 TRUNK_NAMES = ("rad-q-trunk-toxicity", "rad-q-trunk-sentiment")
@@ -201,14 +225,19 @@ def sentiment_recipe(name: str, a: ShipArguments) -> tuple[str, str, float]:
     )
 
 
+def trunk_recipe(name: str, a: ShipArguments) -> TrunkRecipe:
+    """A trunk model's `TRUNK_RECIPES` entry with the `--trunk_*` flags that were given put in."""
+    given = {field: getattr(a, f"trunk_{field}") for field in TrunkRecipe._fields}
+    return TRUNK_RECIPES[name]._replace(**{k: v for k, v in given.items() if v is not None})
+
+
 def trunk_grid_arguments(name: str, a: ShipArguments) -> trunk_grid.GridArguments:
     task = name.rsplit("-", 1)[1]
-    work = Path(a.work_dir)
+    work, r = Path(a.work_dir), trunk_recipe(name, a)
     return trunk_grid.GridArguments(
-        data_dir=a.data_dir, out=str(work / name), tasks=task, layers=str(a.trunk_tap_layer),
-        blocks=str(a.trunk_blocks), train_texts=a.trunk_train_texts, epochs=a.trunk_epochs,
-        head_learning_rate=a.trunk_head_learning_rate, learning_rate=a.trunk_learning_rate, cache_dir=str(work / "trunk-states"),
-        save_dir=str(work / name / "models"),
+        data_dir=a.data_dir, out=str(work / name), tasks=task, layers=str(r.tap_layer), blocks=str(r.blocks),
+        train_texts=r.train_texts, epochs=r.epochs, head_learning_rate=r.head_learning_rate,
+        learning_rate=r.learning_rate, cache_dir=str(work / "trunk-states"), save_dir=str(work / name / "models"),
     )  # fmt: skip
 
 
@@ -251,13 +280,19 @@ def write_trunk_card(name: str, a: ShipArguments, out: Path, per_source: dict) -
     toxicity = name.endswith("toxicity")
     grid = trunk_grid_arguments(name, a)
     config = json.loads((out / "config.json").read_text())
+    if (int(grid.layers), int(grid.blocks)) != (config["tap_layer"], config["num_blocks"]):
+        raise ValueError(
+            f"{out} reads layer {config['tap_layer']} with {config['num_blocks']} own blocks, but the recipe for its "
+            f"card says layer {grid.layers} with {grid.blocks}: the card would describe another model. Pass the "
+            "--trunk_* flags it was trained with, or rebuild it without --skip_training / --refresh_cards."
+        )
     card = render_card(
         name, out, task="detox" if toxicity else "positive", method="rad-q-trunk",
         data=TOXICITY_DATA if toxicity else "SST-2 train (GLUE; Stanford, research use); label 1 = positive; SST-2 dev held out",
         command=f"python examples/ship_models.py --data_dir {a.data_dir} --only {name} --trunk_tap_layer "
-        f"{a.trunk_tap_layer} --trunk_blocks {a.trunk_blocks} --trunk_train_texts {a.trunk_train_texts} --trunk_epochs "
-        f"{a.trunk_epochs} --trunk_learning_rate {a.trunk_learning_rate:g} --trunk_head_learning_rate "
-        f"{a.trunk_head_learning_rate:g}",
+        f"{grid.layers} --trunk_blocks {grid.blocks} --trunk_train_texts {grid.train_texts} --trunk_epochs "
+        f"{grid.epochs} --trunk_learning_rate {grid.learning_rate:g} --trunk_head_learning_rate "
+        f"{grid.head_learning_rate:g}",
         hyperparameters=(
             f"tap layer {config['tap_layer']}, {config['num_blocks']} own blocks, tap norm {config['tap_norm']!r}; "
             f"{grid.train_texts} training texts (seeded sample) × {grid.epochs} epochs, batch {grid.batch_size}; "

@@ -28,6 +28,31 @@ def test_all_are_shipped_within_the_size_budget():
         assert "Content warning" in card and "eval" in card.lower() and "examples/ship_models.py" in card
 
 
+@pytest.mark.parametrize("name", ["rad-q-trunk-toxicity", "rad-q-trunk-sentiment"])
+def test_trunk_recipe_and_card_describe_the_shipped_weights(name, monkeypatch):
+    """`ship_models.py`'s default recipe for a trunk model, and the command on its card, read the layer and blocks
+    its weights were trained on (a card re-rendered with the flags' old defaults named tap layer 18 for a layer-24
+    model); a card recipe that disagrees with the weights is refused."""
+    import json
+    import re
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "examples"))
+    ship_models = __import__("ship_models")
+    try:
+        config = json.loads((SHIPPED_DIR / name / "config.json").read_text())
+        grid = ship_models.trunk_grid_arguments(name, ship_models.ShipArguments())
+        assert (int(grid.layers), int(grid.blocks)) == (config["tap_layer"], config["num_blocks"])
+        card = (SHIPPED_DIR / name / "README.md").read_text()
+        assert re.search(rf"--trunk_tap_layer {config['tap_layer']} --trunk_blocks {config['num_blocks']} ", card)
+        other = ship_models.ShipArguments(trunk_tap_layer=config["tap_layer"] - 1)
+        with pytest.raises(ValueError, match="would describe another model"):
+            ship_models.write_trunk_card(name, other, SHIPPED_DIR / name, per_source={})
+    finally:
+        sys.modules.pop("ship_models", None)
+
+
 @pytest.fixture(scope="module", params=NAMES)
 def shipped(request):
     path = rad_q_hf.default_checkpoint(request.param)
