@@ -85,7 +85,7 @@ def decode_pairs(quick: bool) -> list[dict]:
             dict(name="quick_cross", lm=c("tiny-llama"), rm=c("tiny-llama"), layers=1, cross=True),
         ]
     return [
-        # The shipped models' depth: the first 12 of SmolLM2-135M's 30 layers, guiding SmolLM2-135M itself.
+        # The shipped depth (all but rad-q-sentiment's 18): SmolLM2-135M's first 12 layers, guiding SmolLM2-135M.
         dict(name="lm135m_rm135m-12l", lm=c("smollm2-135m"), rm=c("smollm2-135m"), layers=12),
         # Another tokenizer (issue 14): Gemma-3-270M steered through text by the shipped models' shape.
         dict(name="gemma270m_rm135m-12l_cross", lm=c("gemma3-270m"), rm=c("smollm2-135m"), layers=12, cross=True),

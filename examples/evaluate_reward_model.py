@@ -5,8 +5,8 @@
     python examples/evaluate_reward_model.py --checkpoint rad-v-toxicity --baseline_sees_truncated  # same 64 tokens
     python examples/evaluate_reward_model.py --task sentiment --checkpoint RUN_DIR --compare_to rad-v-sentiment
 
-Toxicity: the offline corpora's held-out split, the trainer's seeded sample of `--eval_samples` texts (0: all), the
-same texts `examples/ship_models.py` evaluates the shipped models on. Sentiment: SST-2 dev, no baseline.
+Toxicity: the offline corpora's held-out split, the trainer's seeded sample of `--eval_samples` texts (0: all, the
+texts `examples/ship_models.py` evaluates the shipped models on by default; the same N gives the same sample). Sentiment: SST-2 dev, no baseline.
 """
 
 import json
