@@ -121,7 +121,7 @@ def generate(args) -> None:
     from transformers import AutoModelForCausalLM
 
     from .checkpoints import lm_path, load_checkpoint
-    from .evaluation.models import load_reward_model, load_tokenizer, reward_tokenizer
+    from .evaluation.models import load_reward_model, load_tokenizer, reward_tokenizer, task_label
 
     if args.num_samples < 1 or args.max_new_tokens < 1 or args.top_k < 1:
         raise CLIError("--num-samples, --max-new-tokens and --top-k must be ≥ 1.")
@@ -130,11 +130,12 @@ def generate(args) -> None:
     _check_device(args.device)
     tokenizer = load_tokenizer(args.lm)
     lm = load_checkpoint(AutoModelForCausalLM.from_pretrained, lm_path(args.lm), args.lm).to(args.device).eval()
-    reward_model = None
+    reward_model, label = None, 0
     if args.method != "none" or args.compare:
         method = "rad-q" if args.method == "none" else args.method
         name = args.reward_model or TASKS[args.task][0][method]
         reward_model = load_reward_model(name, method, args.device, lm)  # a trunk model is checked against the LM
+        label = task_label(reward_model, args.task)  # a model of another task is refused before sampling
     batch = tokenizer([args.prompt] * args.num_samples, return_tensors="pt").to(args.device)
     if batch["input_ids"].shape[1] == 0:
         raise CLIError(f"The prompt {args.prompt!r} has no tokens for this LM's tokenizer; give some text.")
@@ -145,7 +146,7 @@ def generate(args) -> None:
     for title, texts in runs.items():
         print(f"== {title}")
         whole = [args.prompt + t for t in texts]
-        scores = score_texts(reward_model, score_tokenizer, whole, TASKS[args.task][1]) if args.compare else None
+        scores = score_texts(reward_model, score_tokenizer, whole, label) if args.compare else None
         for i, text in enumerate(whole):
             print(f"{i + 1}. " + (f"[{scores[i]:.2f}] " if scores is not None else "") + text)
         if scores is not None:

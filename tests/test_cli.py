@@ -92,6 +92,10 @@ def test_generate_unguided_needs_no_reward_model(models, capsys):
             "is a rad_v model; it does not fit --method rad-q",
         ),
         (["--reward-model", "{models}/other-vocab"], "vocabulary"),
+        (
+            ["--reward-model", "{models}/rad-q", "--task", "positive"],
+            "predicts ['toxicity'], but --task positive steers a label named 'positive'",
+        ),
         (["--num-samples", "0", "--reward-model", "{models}/rad-q"], "must be ≥ 1"),
     ],
 )

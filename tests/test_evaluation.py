@@ -298,6 +298,8 @@ def models(tmp_path_factory, tokenizer):
     tokenizer.save_pretrained(root / "judge")
     build_reward_model("rad_q", "llama", len(tokenizer), labels=("toxicity",)).save_pretrained(root / "rad-q")
     build_reward_model("rad_v", "llama", len(tokenizer), labels=("toxicity",)).save_pretrained(root / "rad-v")
+    sentiment = build_reward_model("rad_q", "llama", len(tokenizer), labels=("negative", "positive"), seed=3)
+    sentiment.save_pretrained(root / "rad-q-sentiment")  # steered and scored on its second label
     prompts = ["the movie was", "you are a", "what a stupid", "I love this", "the food was"]
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": {"text": p}}) + "\n" for p in prompts))
     return root
@@ -542,7 +544,7 @@ def test_accelerate_two_processes_match_one_process(models, tmp_path):
 def test_evaluate_cli(models, tmp_path, capsys):
     argv = ["evaluate", "--task", "positive", "--method", "none,rad-q", "--beta", "4", "--num-prompts", "2",
             "--samples-per-prompt", "2", "--max-new-tokens", "3", "--top-k", "5", "--prompts",
-            str(models / "prompts.jsonl"), "--lm", str(models / "lm"), "--rad-q-model", str(models / "rad-q"),
+            str(models / "prompts.jsonl"), "--lm", str(models / "lm"), "--rad-q-model", str(models / "rad-q-sentiment"),
             "--fluency-lm", "none", "--output", str(tmp_path / "cli")]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -551,7 +553,7 @@ def test_evaluate_cli(models, tmp_path, capsys):
     assert results["judges"] == {
         "sentiment": "vader",
         "fluency": "none",
-        "reward_models": {"rad-q": str(models / "rad-q")},
+        "reward_models": {"rad-q": str(models / "rad-q-sentiment")},
     }
     assert 0 <= results["results"]["rad-q_b4"]["positive_rate"] <= 1
     # sentiment: the reward model's share of samples ≥ 0.5 on prompt + continuation, averaged over prompts
@@ -559,11 +561,12 @@ def test_evaluate_cli(models, tmp_path, capsys):
 
     from rad_q_hf.scoring import score_texts
 
-    model, tokenizer = AutoModel.from_pretrained(models / "rad-q").eval(), load_tokenizer(str(models / "lm"))
+    model, tokenizer = AutoModel.from_pretrained(models / "rad-q-sentiment").eval(), load_tokenizer(str(models / "lm"))
     rows = [
         json.loads(line) for line in (tmp_path / "cli" / "generations" / "rad-q_b4.jsonl").read_text().splitlines()
     ]
-    expected = [score_texts(model, tokenizer, [r["prompt"] + c for c in r["continuations"]]) for r in rows]
+    texts = [[r["prompt"] + c for c in r["continuations"]] for r in rows]
+    expected = [score_texts(model, tokenizer, t, label=1) for t in texts]  # its "positive" label
     stored = json.loads((tmp_path / "cli" / "scores" / "rad-q_b4.json").read_text())["rm_rad-q"]
     assert stored == [pytest.approx(row, abs=1e-6) for row in expected]
     shares = [sum(s >= 0.5 for s in row) / 2 for row in expected]
@@ -578,6 +581,7 @@ def test_evaluate_cli(models, tmp_path, capsys):
         (["--method", "rad-x"], r"Unknown method\(s\) \['rad-x'\]"),
         (["--prompts", "missing.jsonl"], "No prompt file"),
         (["--rad-q-model", "RV"], "is a rad_v model; it does not fit --method rad-q"),
+        (["--task", "negative"], r"predicts \['toxicity'\], but --task negative steers a label named 'positive'"),
     ],
 )
 def test_evaluate_cli_errors(extra, message, models, tmp_path, capsys):
@@ -724,3 +728,30 @@ def test_trunk_method_refuses_another_lm(models, trunk_model, tmp_path, capsys):
         main(argv[:-8] + ["--lm", str(models / "lm"), "--rad-q-trunk-model", str(models / "rad-q"),
                           "--fluency-lm", "none", "--output", str(tmp_path / "e2")])  # fmt: skip
     assert "is a rad_q model; it does not fit --method rad-q-trunk" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "labels, task, index",
+    [
+        (["toxicity"], "detox", 0),
+        (["toxic", "severe_toxic", "obscene"], "detox", 0),  # Jigsaw's attributes
+        (["severe_toxic", "toxic"], "detox", 1),
+        (["negative", "positive"], "positive", 1),
+        (["positive"], "negative", 0),  # steered down
+        (["score"], "positive", 0),  # one generic label: taken as the task's
+        (["positive"], "detox", None),  # a sentiment model asked to detoxify
+        (["toxicity"], "positive", None),
+        (["a", "b"], "detox", None),
+    ],
+)
+def test_task_label_refuses_a_reward_model_of_another_task(labels, task, index):
+    from types import SimpleNamespace
+
+    from rad_q_hf.evaluation.models import task_label
+
+    model = SimpleNamespace(config=SimpleNamespace(label_names=labels), name_or_path="RM")
+    if index is None:
+        with pytest.raises(EvaluationError, match=f"The reward model RM predicts .*--task {task} steers a label"):
+            task_label(model, task)
+    else:
+        assert task_label(model, task) == index

@@ -7,21 +7,22 @@ from .judges import check_judge_name
 from .perspective import API_KEY_ENV
 from .prompts import DEFAULT_PROMPTS
 
-# task -> (shipped reward model per method, label, direction); `rad-q generate` uses the same table
+# task -> (shipped reward model per method, the label names it steers, direction); `rad-q generate` uses the same
+# table. A reward model is steered on the first of the names it has (`models.task_label`).
 TASKS = {
     "detox": (
         {"rad-q": "rad-q-toxicity", "rad-v": "rad-v-toxicity", "rad-q-trunk": "rad-q-trunk-toxicity"},
-        0,
+        ("toxicity", "toxic"),  # the offline corpora's label; Jigsaw's first attribute
         "minimize",
     ),
     "positive": (
         {"rad-q": "rad-q-sentiment", "rad-v": "rad-v-sentiment", "rad-q-trunk": "rad-q-trunk-sentiment"},
-        0,
+        ("positive",),
         "maximize",
     ),
     "negative": (
         {"rad-q": "rad-q-sentiment", "rad-v": "rad-v-sentiment", "rad-q-trunk": "rad-q-trunk-sentiment"},
-        0,
+        ("positive",),
         "minimize",
     ),
 }

@@ -32,12 +32,29 @@ def load_reward_model(name: str, method: str, device: str = "cpu", lm=None):
     return model
 
 
+def task_label(reward_model, task: str) -> int:
+    """Index of the label that `task` steers: the first of its `TASKS` label names the model predicts; a model with the
+    one generic label "score" is taken as the task's. Any other model is refused: a sentiment model asked to detoxify
+    would steer on *positive* without a word."""
+    names, wanted = list(reward_model.config.label_names), TASKS[task][1]
+    for name in wanted:
+        if name in names:
+            return names.index(name)
+    if names == ["score"]:
+        return 0
+    raise EvaluationError(
+        f"The reward model {reward_model.name_or_path} predicts {names}, but --task {task} steers a label named "
+        f"{' or '.join(map(repr, wanted))}: use a reward model of this task (e.g. {TASKS[task][0]['rad-q']}), or "
+        "another --task."
+    )
+
+
 def steering_processor(method: str, task: str, reward_model, beta: float, top_k: int, attention_mask, tokenizer):
     """The logits processor of `method` (rad-q, rad-v, rad-q-trunk) steering towards `task`'s label and direction."""
     from ..decoding import RADQ, RADV
     from ..decoding_trunk import RADQTrunk
 
-    _, label, direction = TASKS[task]
+    label, direction = task_label(reward_model, task), TASKS[task][2]
     cls = {"rad-q": RADQ, "rad-v": RADV, "rad-q-trunk": RADQTrunk}[method]
     return cls(reward_model, beta=beta, top_k=top_k, label=label, direction=direction, attention_mask=attention_mask,
                tokenizer=tokenizer)  # fmt: skip

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import TASKS, EvaluationConfig, Setting
+from .config import EvaluationConfig, Setting
 from .metrics import (
     distinct_n,
     frontier_differences,
@@ -55,7 +55,7 @@ class Judges:
     def reward_scores(self, method: str, texts: list[str]) -> list[float]:
         """`method`'s reward model's score of each text (its task label, clamped to [0, 1] as decoding uses it)."""
         from ..scoring import score_texts
-        from .models import load_reward_model, load_tokenizer, reward_tokenizer
+        from .models import load_reward_model, load_tokenizer, reward_tokenizer, task_label
 
         key = f"reward:{method}"
         if key not in self._cache:
@@ -64,7 +64,7 @@ class Judges:
             model = load_reward_model(name, method, self.config.device)
             self._cache[key] = model, reward_tokenizer(model, load_tokenizer(self.config.lm))
         model, tokenizer = self._cache[key]
-        return score_texts(model, tokenizer, texts, TASKS[self.config.task][1])
+        return score_texts(model, tokenizer, texts, task_label(model, self.config.task))
 
     def get(self, kind: str):
         from .judges import fluency_judge, sentiment_judge, toxicity_judge
