@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .config import TASKS, EvaluationConfig, EvaluationError, Setting
 from .generation import generate_setting
-from .models import load_lm, load_reward_model, load_tokenizer
+from .models import load_lm, load_reward_model, load_tokenizer, task_label
 from .prompts import load_prompts
 from .scoring import Judges, comparisons, frontier_comparisons, null_to_nan, per_prompt, score_setting, setting_metrics
 from .storage import check_resume, done, merge_generations
@@ -67,6 +67,7 @@ def generate_all(config: EvaluationConfig, todo: list[Setting], prompts: list[st
     for method in dict.fromkeys(s.method for s in todo if s.method != "none"):
         say(state, f"loading the {method} reward model {config.reward_model_name(method)}")
         reward_models[method] = load_reward_model(config.reward_model_name(method), method, config.device, lm)
+        task_label(reward_models[method], config.task)  # one of another task is refused here too
     for setting in todo:
         generate_setting(setting, prompts, lm, tokenizer, reward_models.get(setting.method), config, state, on_batch)
 
