@@ -181,6 +181,7 @@ def rank(argv: list[str]) -> None:
 
 def evaluate(argv: list[str]) -> None:
     from .evaluation import EvaluationConfig, run_evaluation
+    from .evaluation.prompts import load_prompts
     from .evaluation.runner import progress_on_disk
 
     config = ConfigParser(EvaluationConfig, "evaluate").parse(argv)
@@ -189,7 +190,7 @@ def evaluate(argv: list[str]) -> None:
         report = run_evaluation(config)
     except KeyboardInterrupt:
         if _is_main_process():
-            counts = progress_on_disk(config, config.num_prompts)
+            counts = progress_on_disk(config, load_prompts(config.prompts, config.num_prompts))
             listing = ", ".join(f"{name} {n}/{config.num_prompts}" for name, n in counts.items())
             print(f"\nrad-q: stopped (Ctrl-C). Prompts sampled so far are kept in {config.output} ({listing}); run "
                   "the same command again to resume from there.", file=sys.stderr)  # fmt: skip

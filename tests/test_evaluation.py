@@ -6,6 +6,7 @@ import math
 import os
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -435,6 +436,28 @@ def test_rerun_with_other_sampling_settings_is_refused(models, reference_run):
     output, _ = reference_run
     with pytest.raises(EvaluationError, match=r"other \['seed'\]"):
         run_evaluation(tiny_config(models, output, seed=1))
+
+
+def test_resume_with_edited_prompts_is_refused(models, tmp_path):
+    """The prompt file is named in config.json, not its texts: samples stored for prompt i must continue the text that
+    is prompt i now, or the run would merge (and score) continuations of another prompt."""
+    prompts = tmp_path / "prompts.jsonl"
+    shutil.copy(models / "prompts.jsonl", prompts)
+    config = tiny_config(models, tmp_path / "run", methods=("none",), num_prompts=2, prompts=str(prompts),
+                         fluency_lm="none")  # fmt: skip
+    calls = []
+
+    def interrupt(setting, batch):
+        raise KeyboardInterrupt  # after the first batch (prompts 0-1) is written
+
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation(tiny_config(models, tmp_path / "run", methods=("none",), num_prompts=4, prompts=str(prompts),
+                                   fluency_lm="none"), on_batch=interrupt)  # fmt: skip
+    lines = prompts.read_text().splitlines()
+    prompts.write_text("\n".join([json.dumps({"prompt": {"text": "an edited prompt"}}), *lines[1:]]) + "\n")
+    with pytest.raises(EvaluationError, match=r"none: the samples on disk for prompts \[0\] continue other texts"):
+        run_evaluation(config, on_batch=lambda s, b: calls.append(b))
+    assert calls == []  # refused before sampling anything
 
 
 def test_rerun_with_retrained_reward_model_is_refused_until_its_samples_go(models, tmp_path, tokenizer):

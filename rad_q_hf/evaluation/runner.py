@@ -24,9 +24,9 @@ def say(state, message: str) -> None:
         tqdm.write(message, file=sys.stderr)
 
 
-def progress_on_disk(config: EvaluationConfig, num_prompts: int) -> dict[str, int]:
+def progress_on_disk(config: EvaluationConfig, prompts: list[str]) -> dict[str, int]:
     """Setting name -> how many of its prompts already have samples in the output folder."""
-    return {s.name: len(done(config, s) & set(range(num_prompts))) for s in config.settings()}
+    return {s.name: len(done(config, s, prompts) & set(range(len(prompts)))) for s in config.settings()}
 
 
 def run_evaluation(config: EvaluationConfig, on_batch=None) -> dict | None:
@@ -43,7 +43,7 @@ def run_evaluation(config: EvaluationConfig, on_batch=None) -> dict | None:
     prompts = load_prompts(config.prompts, config.num_prompts)
     fingerprints = check_resume(config) if state.is_main_process else None
     state.wait_for_everyone()
-    counts = progress_on_disk(config, len(prompts))
+    counts = progress_on_disk(config, prompts)
     if any(counts.values()):
         listing = ", ".join(f"{name} {n}/{len(prompts)}" for name, n in counts.items())
         say(state, f"resuming in {config.output}: prompts already sampled: {listing}")
@@ -77,7 +77,7 @@ def score_and_report(config: EvaluationConfig, prompts: list[str], fingerprints:
 
     judges, results, per_prompt_values, perplexities = Judges(config), {}, {}, {}
     for setting in config.settings():
-        rows = merge_generations(setting, len(prompts), config.output)
+        rows = merge_generations(setting, prompts, config.output)
         scores = score_setting(setting, rows, judges, config.output)
         results[setting.name] = setting_metrics(setting, rows, scores)
         per_prompt_values[setting.name] = per_prompt(scores)

@@ -51,13 +51,30 @@ def on_disk(output: str, setting: Setting) -> dict[int, dict]:
     return rows
 
 
-def done(config: EvaluationConfig, setting: Setting) -> set[int]:
-    """Indices of the prompts whose samples are already on disk."""
-    return set(on_disk(config.output, setting))
+def done(config: EvaluationConfig, setting: Setting, prompts: list[str] | None = None) -> set[int]:
+    """Indices of the prompts whose samples are already on disk (with `prompts`: checked to continue their texts)."""
+    rows = on_disk(config.output, setting)
+    if prompts is not None:
+        check_prompts(setting, rows, prompts)
+    return set(rows)
 
 
-def merge_generations(setting: Setting, num_prompts: int, output: str) -> list[dict]:
-    rows = on_disk(output, setting)
+def check_prompts(setting: Setting, rows: dict[int, dict], prompts: list[str]) -> None:
+    """Refuse stored samples drawn for another text at the same prompt index (the prompt file was edited, or a
+    package version ships another set under the same name): resumed, they would be merged and scored as if they
+    continued the new text."""
+    changed = [i for i, row in sorted(rows.items()) if i < len(prompts) and row["prompt"] != prompts[i]]
+    if changed:
+        raise EvaluationError(
+            f"{setting.name}: the samples on disk for prompts {changed[:10]} continue other texts than the prompts "
+            f"now loaded (e.g. prompt {changed[0]}: {rows[changed[0]]['prompt']!r} on disk, {prompts[changed[0]]!r} "
+            "now); resuming would mix them. Use another --output, or the prompts they were drawn for."
+        )
+
+
+def merge_generations(setting: Setting, prompts: list[str], output: str) -> list[dict]:
+    rows, num_prompts = on_disk(output, setting), len(prompts)
+    check_prompts(setting, rows, prompts)
     missing = [i for i in range(num_prompts) if i not in rows]
     if missing:
         raise EvaluationError(f"{setting.name}: prompts {missing[:10]} have no samples (a process failed?); re-run.")
