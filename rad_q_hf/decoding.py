@@ -213,6 +213,12 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
             else:
                 r = scorer.step(input_ids[:, -1:], mask, beam_idx, cand)
             bonus += scorer.weight(r).to(bonus.device)  # the reward model may sit on another device
+        if not continues and not torch.isfinite(bonus).all():  # at the prefill, beside its syncs: not every step
+            raise ValueError(
+                "The reward model returned non-finite rewards (NaN or inf) for these prompts; sampling would fail and "
+                "greedy or beam search would silently pick those candidates. An fp16 reward model overflowing is the "
+                "usual cause: load it in bfloat16 or float32."
+            )
         new = cand_scores.float() + bonus
         if keep is not None:
             new = new.masked_fill(~keep, -math.inf)

@@ -339,6 +339,21 @@ def test_stale_mask_is_caught_without_a_tokenizer(pad_id):
 
 
 @pytest.mark.parametrize("kind", ["rad_q", "rad_v"])
+@pytest.mark.parametrize("do_sample", [True, False])
+def test_non_finite_rewards_are_refused(kind, do_sample):
+    """A reward model that returns NaN (e.g. fp16 overflow): clamp keeps NaN, and greedy search's argmax would pick
+    such a candidate without a word."""
+    lm, rm = build_lm("gpt2"), build_reward_model(kind, "gpt2", V)
+    with torch.no_grad():
+        head = rm.reward_head if kind == "rad_q" else rm.value_head
+        head.weight[0, 0] = math.nan
+    ids, mask = prompts([6, 3, 1])
+    with pytest.raises(ValueError, match="non-finite rewards .* bfloat16 or float32"):
+        generate_with(lm, ids, RewardAugmentedLogitsProcessor(rm, top_k=5, attention_mask=mask), mask,
+                      do_sample=do_sample)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["rad_q", "rad_v"])
 def test_reward_models_mode_is_left_alone(kind):
     """Scored in eval mode (dropout off), but the user's model keeps the mode it had, module by module."""
     lm = build_lm("gpt2")
