@@ -32,6 +32,7 @@ def test_roc_auc_hand_computed():
     # continuous labels are positive from 0.5 on: [0.2, 0.49] negative, [0.5, 0.9] positive
     assert roc_auc([0.9, 0.8, 0.1, 0.2], [0.2, 0.49, 0.5, 0.9]) == 0.0
     assert math.isnan(roc_auc([0.1, 0.2], [1, 1]))
+    assert math.isnan(roc_auc([0.1, math.nan, 0.9], [0, 1, 1]))  # a NaN prediction: no plausible AUC
 
 
 def test_roc_auc_matches_sklearn_with_ties():
@@ -223,6 +224,9 @@ def test_paired_auc_with_one_class_or_one_text_of_a_class():
     assert math.isnan(out["difference"]) and math.isnan(out["standard_error"])
     one = paired_auc([0.9, 0.1, 0.2], [0.1, 0.2, 0.3], [1, 0, 0])  # a single positive: AUC defined, SE not
     assert one["difference"] == 1.0 and math.isnan(one["standard_error"])
+    for a_, b_ in (([0.9, math.nan, 0.2], [0.1, 0.2, 0.3]), ([0.9, 0.1, 0.2], [0.1, 0.2, math.nan])):
+        out = paired_auc(a_, b_, [1, 0, 0])
+        assert math.isnan(out["difference"]) and math.isnan(out["auc_a"]) and math.isnan(out["standard_error"])
 
 
 def test_group_metrics_report_the_difference_to_the_baseline():

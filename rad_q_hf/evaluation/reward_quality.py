@@ -134,8 +134,8 @@ def paired_auc(
     Each positive's placement is the fraction of negatives it outscores (ties one half), each negative's the fraction
     of positives that outscore it; AUC is the mean placement, and the two scorers' placements co-vary text by text
     (DeLong, DeLong & Clarke-Pearson 1988). Var(a − b) = Var_pos(Va − Vb) / m + Var_neg(Va − Vb) / n over the m
-    positives' and n negatives' placements, so texts both scorers rank alike add no noise. NaN with one class, and
-    a NaN standard error with fewer than two texts of a class.
+    positives' and n negatives' placements, so texts both scorers rank alike add no noise. NaN with one class or
+    any NaN score, and a NaN standard error with fewer than two texts of a class.
 
     >>> r = paired_auc([0.9, 0.8, 0.3, 0.1], [0.9, 0.2, 0.3, 0.1], [1, 1, 0, 0])
     >>> r["auc_a"], r["auc_b"], r["difference"]
@@ -144,7 +144,12 @@ def paired_auc(
     y = np.asarray(labels, dtype=np.float64) >= threshold
     m, n = int(y.sum()), int((~y).sum())
     nan = float("nan")
-    if m == 0 or n == 0:
+    if (
+        m == 0
+        or n == 0
+        or np.isnan(np.asarray(pred_a, dtype=np.float64)).any()
+        or np.isnan(np.asarray(pred_b, dtype=np.float64)).any()
+    ):
         return {"n_positive": m, "n_negative": n, "auc_a": nan, "auc_b": nan, "difference": nan, "standard_error": nan}
     pos, neg = [], []
     for s in (np.asarray(pred_a, dtype=np.float64), np.asarray(pred_b, dtype=np.float64)):

@@ -39,7 +39,8 @@ def baseline_prior(out, attention_mask: torch.Tensor, column: int = 1) -> torch.
 
 
 def roc_auc(scores, labels, threshold: float = 0.5) -> float:
-    """ROC AUC of `scores` for the binary labels `labels ≥ threshold` (ties count one half); NaN with one class.
+    """ROC AUC of `scores` for the binary labels `labels ≥ threshold` (ties count one half); NaN with one class, and
+    with any NaN score (ranking would place it somewhere and report a plausible AUC).
 
     The Mann-Whitney form: the probability that a random positive outscores a random negative.
 
@@ -48,7 +49,7 @@ def roc_auc(scores, labels, threshold: float = 0.5) -> float:
     """
     s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.float64) >= threshold
     n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if n_pos == 0 or n_neg == 0 or np.isnan(s).any():
         return float("nan")
     return float((midranks(s)[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
