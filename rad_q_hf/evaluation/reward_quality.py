@@ -144,15 +144,11 @@ def paired_auc(
     y = np.asarray(labels, dtype=np.float64) >= threshold
     m, n = int(y.sum()), int((~y).sum())
     nan = float("nan")
-    if (
-        m == 0
-        or n == 0
-        or np.isnan(np.asarray(pred_a, dtype=np.float64)).any()
-        or np.isnan(np.asarray(pred_b, dtype=np.float64)).any()
-    ):
+    scorers = np.asarray(pred_a, dtype=np.float64), np.asarray(pred_b, dtype=np.float64)
+    if m == 0 or n == 0 or any(np.isnan(s).any() for s in scorers):
         return {"n_positive": m, "n_negative": n, "auc_a": nan, "auc_b": nan, "difference": nan, "standard_error": nan}
     pos, neg = [], []
-    for s in (np.asarray(pred_a, dtype=np.float64), np.asarray(pred_b, dtype=np.float64)):
+    for s in scorers:
         # midranks: within all texts, within positives, within negatives (1-based, ties share their mean rank)
         all_ranks, pos_ranks, neg_ranks = midranks(s), midranks(s[y]), midranks(s[~y])
         pos.append((all_ranks[y] - pos_ranks) / n)  # (m,) negatives below each positive
