@@ -25,6 +25,8 @@ observed token `x_t` after `BOS + x<t` (teacher forcing), so it runs on `BOS + x
 previous *real* position, querying the next *real* token: no `(B, T, |V|)` tensor is built.
 """
 
+import math
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -104,7 +106,9 @@ def text_rewards(
     progress: bool = False,
 ) -> torch.Tensor:
     """Raw rewards of whole texts, (N, n_labels), in the order given (tokenized without special tokens, any padding
-    side). Texts are batched in order of length, so that a batch pads few tokens; `progress` shows a bar."""
+    side). Texts are batched in order of length, so that a batch pads few tokens; `progress` shows a bar. A text
+    with no scored token (empty; a single token for the trunk kind, whose first token has no prefix state) has no
+    reward: NaN, which the metrics skip, rather than the reward read at a pad or BOS position."""
     device = next(model.parameters()).device
     texts = list(texts)  # a `datasets` column is a sequence, not the list a tokenizer wants
     if not texts:
@@ -112,12 +116,18 @@ def text_rewards(
     ids = tokenizer(texts, add_special_tokens=False, truncation=max_length is not None, max_length=max_length)
     ids = ids["input_ids"]
     order = sorted(range(len(texts)), key=lambda i: len(ids[i]))  # shortest first
-    rows = []
+    rows, n_labels = [], config_of(model).num_labels
     for start in tqdm(range(0, len(texts), batch_size), desc="scoring texts", disable=not progress, leave=False):
         chunk = [ids[i] for i in order[start : start + batch_size]]
+        if not any(chunk):  # only empty texts (the shortest come first): nothing to run the model on
+            rows.append(torch.full((len(chunk), n_labels), math.nan, device=device))
+            continue
         batch = tokenizer.pad({"input_ids": chunk}, padding=True, return_tensors="pt").to(device)
-        rewards, _ = prefix_rewards(model, batch["input_ids"], batch["attention_mask"])
-        rows.append(last_token(rewards, batch["attention_mask"]))  # (b, n_labels)
+        rewards, out = prefix_rewards(model, batch["input_ids"], batch["attention_mask"])
+        scored = getattr(out, "reward_mask", None)
+        scored = batch["attention_mask"] if scored is None else scored  # (b, T)
+        row = last_token(rewards, batch["attention_mask"]).float()  # (b, n_labels)
+        rows.append(row.masked_fill(~scored.bool().any(1, keepdim=True), math.nan))
     by_length = torch.cat(rows)
     out = torch.empty_like(by_length)
     out[torch.tensor(order, device=by_length.device)] = by_length  # back to the caller's order

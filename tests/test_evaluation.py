@@ -778,3 +778,17 @@ def test_task_label_refuses_a_reward_model_of_another_task(labels, task, index):
             task_label(model, task)
     else:
         assert task_label(model, task) == index
+
+
+@pytest.mark.parametrize("task_key, stored, expected", [("toxicity", [[0.4, None], [None]], 0.4),
+                                                        ("sentiment", [[0.7, None, 0.1], [None]], 0.5)])  # fmt: skip
+def test_reward_model_columns_skip_unscored_samples(task_key, stored, expected):
+    """A sample with no token to score has no reward (stored as null): the "by … RM" statistic leaves it out."""
+    from rad_q_hf.evaluation.config import Setting
+    from rad_q_hf.evaluation.scoring import setting_metrics
+
+    conts = [["a b"] * len(row) for row in stored]
+    judge = [[0.1] * len(row) for row in stored] if task_key == "toxicity" else [["NEUTRAL"] * len(r) for r in stored]
+    scores = {task_key: judge, "rm_rad-q": stored, "continuations": conts}
+    rows = [{"continuations": c, "seconds": 1.0} for c in conts]
+    assert setting_metrics(Setting("rad-q", 2.0), rows, scores)["rm_rad-q"] == pytest.approx(expected)

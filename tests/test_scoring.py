@@ -118,3 +118,8 @@ def test_score_texts_equal_one_text_at_a_time(kind, tokenizer):
             tokenizer.padding_side = "left"
         assert scores == pytest.approx(one_by_one[:, 1].clamp(0, 1).tolist(), abs=1e-6)
     assert text_rewards(model, tokenizer, []).shape == (0, 2)  # nothing to score: an empty (0, n_labels)
+    # An empty text has no reward (NaN, skipped by the metrics), alone in a batch or padded beside others.
+    for batch_size in (1, 2, 5):
+        mixed = text_rewards(model, tokenizer, ["", texts[0], "", texts[1]], batch_size=batch_size)
+        assert mixed[[0, 2]].isnan().all() and not mixed[[1, 3]].isnan().any()
+        torch.testing.assert_close(mixed[[1, 3]], one_by_one[:2])

@@ -321,3 +321,22 @@ def test_trust_remote_code_load_without_the_package_loads_its_lm_lazily(tmp_path
     res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "OK RadQTrunkForRewardModeling" in res.stdout
+
+
+def test_a_text_without_a_scored_token_has_no_reward(tokenizer):
+    """The trunk kind scores x_t from the state at t − 1: a one-token text has no prefix state, so no reward (NaN)
+    rather than the pad position's output; longer texts are unaffected by sitting beside it."""
+    from conftest import llama_config
+    from transformers import LlamaForCausalLM
+
+    from rad_q_hf.scoring import text_rewards
+
+    torch.manual_seed(0)
+    rm = RadQTrunkForRewardModeling.from_lm(LlamaForCausalLM(llama_config(len(tokenizer))), 1, 1, ["toxicity"])
+    with torch.no_grad():
+        rm.reward_head.weight.normal_(0, 0.5)
+    one = next(w for w in ("the", "movie", "a", "was") if len(tokenizer(w, add_special_tokens=False).input_ids) == 1)
+    texts = ["the movie was great", one, "", "you are a"]
+    mixed = text_rewards(rm, tokenizer, texts, batch_size=4)
+    assert mixed[[1, 2]].isnan().all() and not mixed[[0, 3]].isnan().any()
+    torch.testing.assert_close(mixed[[0, 3]], torch.cat([text_rewards(rm, tokenizer, [t]) for t in texts[::3]]))

@@ -165,7 +165,7 @@ def setting_metrics(setting: Setting, rows: list[dict], scores: dict) -> dict:
     if "perplexity" in scores:
         metrics.update(perplexity_metrics(null_to_nan(scores["perplexity"])))
     for key in (k for k in scores if k.startswith("rm_")):  # the task's statistic, by each reward model
-        values = reward_model_statistic(scores[key], toxicity="toxicity" in scores)
+        values = reward_model_statistic(null_to_nan(scores[key]), toxicity="toxicity" in scores)
         metrics[key], metrics[f"{key}_se"] = values["mean"], values["se"]
     metrics.update(distinct_n(scores["continuations"]))
     metrics["generation_seconds"] = sum(r["seconds"] for r in rows)
@@ -174,11 +174,14 @@ def setting_metrics(setting: Setting, rows: list[dict], scores: dict) -> dict:
 
 def reward_model_statistic(scores: list[list[float]], toxicity: bool) -> dict:
     """The task's per-prompt statistic from a reward model's scores: the max (toxicity) or the fraction ≥ 0.5
-    (sentiment, as a positive label), averaged over prompts with its standard error."""
+    (sentiment, as a positive label), averaged over prompts with its standard error. Unscored samples (NaN: a text
+    with no token to score) are left out."""
     if toxicity:
         values = toxicity_metrics(scores)
         return {"mean": values["avg_max_toxicity"], "se": values["avg_max_toxicity_se"]}
-    values = sentiment_metrics([["POSITIVE" if s >= 0.5 else "NEGATIVE" for s in row] for row in scores])
+    values = sentiment_metrics(
+        [["POSITIVE" if s >= 0.5 else "NEGATIVE" for s in row if not math.isnan(s)] for row in scores]
+    )
     return {"mean": values["positive_rate"], "se": values["positive_rate_se"]}
 
 
