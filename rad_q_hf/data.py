@@ -364,6 +364,18 @@ def _require_columns(ds: Dataset, columns: Sequence[str], what: str) -> None:
         raise DataError(f"{what} lacks the column(s) {missing}; it has {ds.column_names}.")
 
 
+def check_label_range(labels: torch.Tensor, name: str = "") -> None:
+    """Refuse labels (N, L) outside [0, 1] or NaN: RAD regresses probabilities, and decoding clamps rewards to [0, 1],
+    so 1-5 stars or ±1 labels would train a model whose rewards steer wrongly without a word."""
+    bad = ((labels < 0) | (labels > 1) | labels.isnan()).any(-1).nonzero().flatten()
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(
+            f"{len(bad)} row(s){' of ' + name if name else ''} have labels outside [0, 1], e.g. row {i}: "
+            f"{labels[i].tolist()}. Rescale them to [0, 1] (RAD regresses probabilities / annotator fractions)."
+        )
+
+
 def validate(ds: Dataset, num_labels: int | None = None) -> None:
     """Check a `text` + `labels` dataset: both columns present, no empty text, `num_labels` floats in [0, 1] each."""
     _require_columns(ds, ["text", "labels"], "The dataset")
@@ -372,13 +384,7 @@ def validate(ds: Dataset, num_labels: int | None = None) -> None:
         raise DataError("`labels` must hold a list of floats per row (one per reward output), e.g. [0.7].")
     if num_labels is not None and labels.shape[1] != num_labels:
         raise DataError(f"Rows have {labels.shape[1]} labels but the reward model has {num_labels} outputs.")
-    bad = ((labels < 0) | (labels > 1) | labels.isnan()).any(-1).nonzero().flatten()
-    if len(bad):
-        i = int(bad[0])
-        raise DataError(
-            f"{len(bad)} row(s) have labels outside [0, 1], e.g. row {i}: {ds[i]['labels']}. "
-            "Rescale them to [0, 1] (RAD regresses probabilities / annotator fractions)."
-        )
+    check_label_range(labels)
     empty = [i for i, t in enumerate(ds["text"]) if not isinstance(t, str) or not t.strip()]
     if empty:
         raise DataError(f"{len(empty)} row(s) have empty text, e.g. row {empty[0]}; drop them before training.")

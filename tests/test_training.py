@@ -304,6 +304,11 @@ def test_bad_datasets_raise_named_errors(tmp_path):
         )
     with pytest.raises(DataError, match=r"1 label\(s\) but the reward model predicts 2"):
         RewardRegressionTrainer(model, args(tmp_path), eval_dataset=make_data(4, num_labels=1))
+    stars = make_data(4).map(lambda row: {"labels": [3.0, 0.5]})  # 1-5 stars, tokenized without `data.validate`
+    with pytest.raises(
+        DataError, match=r"4 row\(s\) of `train_dataset` have labels outside \[0, 1\], e.g. row 0: \[3.0, 0.5\]"
+    ):
+        RewardRegressionTrainer(model, args(tmp_path), train_dataset=stars)
     with pytest.raises(ValueError, match="remove_unused_columns"):
         args(tmp_path, remove_unused_columns=True)
 

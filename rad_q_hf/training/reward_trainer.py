@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import EvalPrediction, Trainer
 
-from ..data import DataError, RewardDataCollator
+from ..data import DataError, RewardDataCollator, check_label_range
 from ..modeling_rad_v import cumulative_mse_loss
 from ..scoring import config_of, is_rad_q, last_token, prefix_rewards
 from .adapters import (
@@ -161,6 +161,8 @@ class RewardRegressionTrainer(Trainer):
                     f"`{split}` rows have {len(d[0]['labels'])} label(s) but the reward model predicts "
                     f"{model.config.num_labels} ({model.config.label_names}); make them match."
                 )
+            if len(d):  # a tokenized dataset may not have gone through `data.validate`
+                check_label_range(torch.tensor(d["labels"], dtype=torch.float64), f"`{split}`")
 
     def _losses(self, model, inputs) -> dict[str, torch.Tensor]:
         input_ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
