@@ -148,6 +148,13 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
                 "LM's) so the shared token → id map can be checked (embedding matrices padded to different sizes)."
             )
         self.scorers = [_make_scorer(t, self.expected_model_type, bridges.get(i)) for i, t in enumerate(terms)]
+        # Reward models are trained on text without special tokens (RAD-Q puts its own BOS first): a BOS that the LM's
+        # tokenizer put before each prompt (Llama, Mistral, ...) is hidden from the ones that read the LM's ids, or
+        # RAD-Q would read BOS twice and RAD-V a token it never saw. (Text-reading terms skip special tokens anyway;
+        # a trunk model reads the LM's own states, BOS included, as the LM computed them.)
+        reads_ids = [s for s in self.scorers if isinstance(s, (_RadQScorer, _RadVScorer))]
+        bos_ids = {s.model.config.bos_token_id for s in reads_ids} - {None}
+        self._hidden_bos = bos_ids.pop() if len(reads_ids) == len(self.scorers) and len(bos_ids) == 1 else None
         if top_k is None and any(isinstance(s, _RadVScorer) for s in self.scorers):
             raise ValueError("RAD-V scores a fixed number of candidates per step: set `top_k` (e.g. 20).")
         # Ids ≥ the smallest reward-model vocabulary are never real tokens once the tokenizer is checked.
@@ -194,6 +201,9 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
             )
         else:
             mask = self._initial_mask(input_ids)
+            if self._hidden_bos is not None:
+                first_real = mask.bool() & (mask.cumsum(1) == 1)  # (N, P) each row's first real token
+                mask = mask.masked_fill(first_real & (input_ids == self._hidden_bos), 0)
             if self.pad_token_ids is not None:  # copied now, beside the prefill's syncs: not a 2nd sync in a step
                 self._pad_ids_on(input_ids.device)
 

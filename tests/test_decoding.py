@@ -339,6 +339,37 @@ def test_stale_mask_is_caught_without_a_tokenizer(pad_id):
 
 
 @pytest.mark.parametrize("kind", ["rad_q", "rad_v"])
+def test_a_bos_the_lm_tokenizer_put_first_is_hidden_from_the_reward_model(kind):
+    """Reward models are trained on text without special tokens (RAD-Q puts BOS first itself). Prompts that a
+    Llama-style tokenizer starts with BOS must be rewarded as the bare prompts are, at the prefill and after, left
+    padding included."""
+    rm = build_reward_model(kind, "gpt2", V)
+    ids, mask = prompts([5, 3, 4], seed=4)
+    with_bos, with_bos_mask = (
+        torch.full((3, ids.shape[1] + 1), PAD),
+        torch.zeros(3, ids.shape[1] + 1, dtype=mask.dtype),
+    )
+    for i in range(3):  # BOS, then the row's real tokens, left-padded one column wider
+        real = torch.cat([torch.tensor([BOS]), ids[i][mask[i] == 1]])
+        with_bos[i, -len(real) :], with_bos_mask[i, -len(real) :] = real, 1
+    assert (with_bos_mask.sum(1) == mask.sum(1) + 1).all()
+    g = torch.Generator().manual_seed(0)
+    steps = [torch.randn(3, V, generator=g) for _ in range(3)]
+    outs = []
+    for x, m in ((ids, mask), (with_bos, with_bos_mask)):
+        proc, got = RewardAugmentedLogitsProcessor(rm, beta=5.0, top_k=6, attention_mask=m), []
+        for t, scores in enumerate(steps):
+            got.append(proc(x, scores.clone()))
+            x = torch.cat([x, torch.full((3, 1), 7 + t)], 1)
+        outs.append(torch.stack(got))
+    torch.testing.assert_close(outs[1], outs[0])
+    # Without the hiding, the BOS-led prompts would be rewarded differently: the test can tell the two apart.
+    inner = RewardAugmentedLogitsProcessor(rm, beta=5.0, top_k=6, attention_mask=with_bos_mask)
+    inner._hidden_bos = None
+    assert not torch.allclose(inner(with_bos, steps[0].clone()), outs[0][0])
+
+
+@pytest.mark.parametrize("kind", ["rad_q", "rad_v"])
 @pytest.mark.parametrize("do_sample", [True, False])
 def test_non_finite_rewards_are_refused(kind, do_sample):
     """A reward model that returns NaN (e.g. fp16 overflow): clamp keeps NaN, and greedy search's argmax would pick
