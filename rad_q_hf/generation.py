@@ -28,6 +28,7 @@ needs `tokenizer=`) and `synced_gpus` (DeepSpeed ZeRO-3 / FSDP) are not availabl
 
 import sys
 from contextlib import suppress
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -248,19 +249,38 @@ def load_reward_model(
 
 
 def _lm_tokenizer(model, terms):
-    """The LM's saved tokenizer, when the LM and a reward model have vocabularies of different sizes.
+    """The LM's saved tokenizer, when the processor needs it to tell a shared vocabulary from another one.
 
-    Pythia-style embedding matrices are padded to different sizes; comparing the tokenizers (not the sizes) tells a
-    shared vocabulary from a different one. Equal sizes need no tokenizer (the fast path stays as it was).
+    Two cases: the LM and a reward model have vocabularies of different sizes (Pythia-style embedding matrices are
+    padded to different sizes), or a reward model saved a tokenizer of its own, which may map the same number of
+    tokens to other ids (a Llama-2 reward model steering Mistral: 32,000 each) and must be compared, not assumed.
+    Without either, no tokenizer is loaded (the fast path stays as it was).
     """
-    if all(t.reward_model.config.vocab_size == model.config.vocab_size for t in terms):
+    sizes_differ = any(t.reward_model.config.vocab_size != model.config.vocab_size for t in terms)
+    if not sizes_differ and not any(_has_tokenizer(_folder(t.reward_model)) for t in terms):
         return None
+    return _saved_tokenizer(str(_folder(model)))
+
+
+def _folder(model) -> Path:
+    return Path(getattr(model, "name_or_path", "") or "")
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    # AutoTokenizer builds an empty tokenizer from a config alone: only trust a folder that holds tokenizer files.
+    return str(folder) not in ("", ".") and any((folder / name).is_file() for name in _TOKENIZER_FILES)
+
+
+def _saved_tokenizer(folder: str):
+    """The tokenizer saved in `folder` (None without one), loaded once per folder and state of its files."""
+    files = tuple((n, (Path(folder) / n).stat().st_mtime_ns) for n in _TOKENIZER_FILES if (Path(folder) / n).is_file())
+    return _load_tokenizer(folder, files) if _has_tokenizer(Path(folder)) else None
+
+
+@lru_cache(maxsize=8)  # one load per LM folder, not one per generate call; `files` keys it to their state
+def _load_tokenizer(folder: str, files: tuple):
     from transformers import AutoTokenizer
 
-    folder = Path(model.name_or_path or "")
-    # AutoTokenizer builds an empty tokenizer from a config alone: only trust a folder that holds tokenizer files.
-    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
-        return None
     with suppress(OSError, ValueError):
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return None

@@ -184,6 +184,32 @@ def test_saved_reward_tokenizer_selects_the_cross_path(tokenizers, tmp_path):
         RADQ(loaded, top_k=None, top_p=0.9, tokenizer=lm_tok)
 
 
+def test_custom_generate_compares_saved_tokenizers_of_equal_size(tokenizers, tmp_path):
+    """An LM and a reward model with the same vocabulary size but their own tokenizers (other ids, as Llama-2 and
+    Mistral at 32,000): custom_generate reads both saved tokenizers and goes through text, as the explicit processor
+    given the LM's tokenizer does. Equal sizes were taken for one shared vocabulary (rewards of other tokens)."""
+    from rad_q_hf import reward_augmented_generate
+
+    lm_tok, rm_tok = tokenizers["bpe"], tokenizers["rm"]
+    size = max(len(lm_tok), len(rm_tok))
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(gpt2_config(size)).save_pretrained(tmp_path / "lm")
+    lm_tok.save_pretrained(tmp_path / "lm")
+    build_reward_model("rad_q", "gpt2", size).save_pretrained(tmp_path / "rm")
+    rm_tok.save_pretrained(tmp_path / "rm")
+    lm = AutoModelForCausalLM.from_pretrained(tmp_path / "lm").eval()
+    rm = spread(type(build_reward_model("rad_q", "gpt2", 8)).from_pretrained(tmp_path / "rm").eval())
+    batch = lm_tok(["the movie was"], return_tensors="pt")
+    gen = dict(do_sample=True, max_new_tokens=4, pad_token_id=0)
+    explicit = RADQ(rm, top_k=5, attention_mask=batch["attention_mask"], tokenizer=lm_tok)
+    assert isinstance(explicit.scorers[0], CrossRadQScorer)
+    torch.manual_seed(0)
+    expected = lm.generate(**batch, logits_processor=[explicit], **gen)
+    torch.manual_seed(0)
+    got = lm.generate(**batch, custom_generate=reward_augmented_generate, reward_model=rm, top_k=5, **gen)
+    assert torch.equal(got, expected)
+
+
 def test_gemma3_steered_by_the_shipped_smollm2_reward_models():
     """The real pair end to end: Gemma-3-270M with the shipped RAD-Q and RAD-V toxicity models, whose checkpoints
     carry the SmolLM2 tokenizer (the processor picks the cross path by itself), against the text reference."""
