@@ -176,6 +176,13 @@ def test_sentiment_runs_stages_in_order(tiny_backbone, tmp_path):
     predicted = text_rewards(final.eval(), tokenizer, texts)[:, 0]
     accuracy = float(((predicted >= 0.5) == (labels >= 0.5)).float().mean())
     assert json.loads((out / "eval_results.json").read_text())["eval_accuracy"] == pytest.approx(accuracy)
+    # Re-run into the same folder: the same settings reuse the finished stages; another method is refused (it would
+    # have skipped both stages and reported the RAD-Q model as the RAD-V one).
+    script = [sys.executable, str(ROOT / "examples" / "train_sentiment.py"), *args]
+    assert "Resuming" not in run(script, tmp_path).stdout
+    result = subprocess.run([*script, "--method", "rad-v"], cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert result.returncode != 0 and "model.method: 'rad-q' -> 'rad-v'" in result.stderr, result.stderr[-2000:]
+    assert AutoModel.from_pretrained(out).config.model_type == "rad_q"
 
 
 def test_scripts_import_this_checkout(tmp_path):

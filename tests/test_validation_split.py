@@ -60,6 +60,16 @@ def test_training_logs_validation_and_test_curves(tokenizer, tmp_path):
     curve = [(e["step"], e["eval_validation_auc"]) for e in state["log_history"] if "eval_validation_auc" in e]
     assert [step for step, _ in curve] == [2, 4]
     assert [e["step"] for e in state["log_history"] if "eval_test_mse" in e] == [2, 4]
+    # Resuming this folder with another learning rate is refused (it would resume the finished checkpoint, train
+    # nothing, and report the old model); more steps is training on.
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=r"training.learning_rate: 0.001 -> 0.01.*another --output_dir"):
+        run_regression(ModelArguments(method="rad-v"), data_args, replace(args, learning_rate=1e-2), dataset,
+                       ["toxicity"], model, tokenizer)  # fmt: skip
+    from rad_q_hf.training.scripts import check_run_record
+
+    check_run_record(ModelArguments(method="rad-v"), data_args, replace(args, max_steps=8))
 
 
 def test_learning_curves_from_log_history(tmp_path):

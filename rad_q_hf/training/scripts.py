@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -182,6 +182,7 @@ def run_regression(
     tokenizer=None,
 ) -> dict[str, float]:
     """Train (resuming from the last checkpoint in `output_dir`), save the final model, return held-out metrics."""
+    check_run_record(model_args, data_args, training_args)
     if model is None:
         model, tokenizer = build_reward_model(model_args, label_names)
     dataset = rdata.with_validation(dataset, data_args.validation_percent)
@@ -195,6 +196,37 @@ def run_regression(
         peft_config=peft_config(model_args),
     )
     return _train_and_save(trainer, training_args)
+
+
+# What shapes a run's model: a resume (or a finished stage that is skipped) must have been trained with the same.
+# max_steps / num_train_epochs may grow (train on), and where data, logs and checkpoints live may change.
+_RECORDED_TRAINING = ("learning_rate", "head_learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio",
+                      "weight_decay", "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
+                      "regularizer_weight", "train_sampling_strategy")  # fmt: skip
+_UNRECORDED_DATA = ("data_dir", "jigsaw_dir", "max_eval_samples", "stage_max_steps")
+
+
+def check_run_record(model_args, data_args, training_args) -> None:
+    """Refuse to resume (or reuse) the run in `output_dir` with settings other than those it was trained with, which
+    `run_args.json` there records; record them for a new run. A re-run with another --method or --learning_rate
+    would otherwise resume the old checkpoint, or skip a finished stage, and report the old model as the new one."""
+    data = {k: v for k, v in asdict(data_args).items() if k not in _UNRECORDED_DATA}
+    now = json.loads(json.dumps({"model": asdict(model_args), "data": data} | {
+        "training": {k: getattr(training_args, k, None) for k in _RECORDED_TRAINING}}, default=str))  # fmt: skip
+    path = Path(training_args.output_dir) / "run_args.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        changed = {f"{group}.{k}": (old.get(group, {}).get(k), v) for group, values in now.items()
+                   for k, v in values.items() if k in old.get(group, {}) and old[group][k] != v}  # fmt: skip
+        if changed:
+            listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(
+                f"{training_args.output_dir} holds a run trained with other settings ({listing}); resuming it (or "
+                "reusing its finished stage) would report that model as this one. Use another --output_dir, the "
+                "same settings, or delete the folder to start over."
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(now, indent=2) + "\n")
 
 
 def _train_and_save(trainer, training_args) -> dict[str, float]:
@@ -299,13 +331,14 @@ def train_sentiment(model_args: ModelArguments, data_args: DataArguments, traini
     for i, source in enumerate(sources, 1):
         dataset = rdata.load_sentiment(source, data_args.data_dir)  # fails early on unknown sources
         stage_dir = root / f"stage-{i}-{source.replace(':', '_')}"
-        if (stage_dir / "eval_results.json").exists():
+        stage_model_args = model_args if previous is None else replace(model_args, init_from=str(previous))
+        stage_args = replace(training_args, output_dir=str(stage_dir))
+        if steps is not None:
+            stage_args = replace(stage_args, max_steps=steps[i - 1])
+        if (stage_dir / "eval_results.json").exists():  # finished: reused, if trained with these settings
+            check_run_record(stage_model_args, data_args, stage_args)
             metrics = json.loads((stage_dir / "eval_results.json").read_text())
         else:
-            stage_model_args = model_args if previous is None else replace(model_args, init_from=str(previous))
-            stage_args = replace(training_args, output_dir=str(stage_dir))
-            if steps is not None:
-                stage_args = replace(stage_args, max_steps=steps[i - 1])
             metrics = run_regression(stage_model_args, data_args, stage_args, dataset, ["positive"])
         previous = stage_dir
     model = AutoModel.from_pretrained(previous)
