@@ -326,7 +326,9 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
         masked = input_ids[m == 0]
         # Padding holds the pad id (or, with none known, one and the same id): anything else is another batch.
         stale = masked != (self._mask_pad_id if self._mask_pad_id is not None else masked[:1])
-        if bool(stale.any()):
+        # An all-ones mask has no pad position to check: kept from an unpadded batch, it would score a padded one's
+        # pads as text.
+        if bool(stale.any()) or (masked.numel() == 0 and self._left_padded(input_ids)):
             raise ValueError(
                 "attention_mask marks as padding some positions that hold real tokens: it is not the mask of these "
                 "prompts. Call processor.reset(attention_mask=...) with the new prompts' mask before reusing it, "
@@ -337,17 +339,22 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
     def _check_unpadded(self, input_ids):
         """Without a mask every token counts as text: refuse a left-padded batch (rows start with different numbers
         of pad tokens; a BOS that equals the pad id starts every row once and is not padding)."""
-        if self.pad_token_ids is None or input_ids.shape[0] < 2:
-            return
-        is_pad = torch.isin(input_ids, self._pad_ids_on(input_ids.device)).long()
-        leading = is_pad.cumprod(-1).sum(-1)  # (N,) pad tokens at the start of each row
-        if bool(leading.min() != leading.max()):
+        if self._left_padded(input_ids):
             raise ValueError(
                 "These prompts are left-padded (some rows start with pad tokens) but the processor has no "
                 "attention_mask, so the pads would be scored as text. Use generate(..., custom_generate="
                 "rad_q_hf.reward_augmented_generate, reward_model=...), which takes generate's own mask, or pass "
                 "attention_mask=batch['attention_mask'] to the processor."
             )
+
+    def _left_padded(self, input_ids) -> bool:
+        """Whether rows start with different numbers of known pad tokens (a BOS equal to the pad id starts every row
+        once and is not padding)."""
+        if self.pad_token_ids is None or input_ids.shape[0] < 2:
+            return False
+        is_pad = torch.isin(input_ids, self._pad_ids_on(input_ids.device)).long()
+        leading = is_pad.cumprod(-1).sum(-1)  # (N,) pad tokens at the start of each row
+        return bool(leading.min() != leading.max())
 
 
 class RADQ(RewardAugmentedLogitsProcessor):

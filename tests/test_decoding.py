@@ -336,6 +336,12 @@ def test_stale_mask_is_caught_without_a_tokenizer(pad_id):
         generate_with(lm, ids2, proc, mask2)
     # A right mask whose pads use an id no config names (a tokenizer's own pad) is not stale.
     generate_with(lm, ids2.masked_fill(mask2 == 0, 99), RADQ(rm, top_k=5, attention_mask=mask2), mask2)
+    if pad_id is not None:  # an all-ones mask kept from an unpadded batch has no pad position to compare
+        ids3, mask3 = prompts([4, 4], seed=3)
+        proc = RADQ(rm, top_k=5, attention_mask=mask3)
+        generate_with(lm, ids3, proc, mask3)
+        with pytest.raises(ValueError, match="reset"):
+            generate_with(lm, prompts([4, 2], seed=5)[0], proc, prompts([4, 2], seed=5)[1])
 
 
 @pytest.mark.parametrize("kind", ["rad_q", "rad_v"])
