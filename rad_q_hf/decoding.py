@@ -25,6 +25,8 @@ import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 from transformers import LogitsProcessor
@@ -567,15 +569,34 @@ def _top_p_keep(scores: torch.Tensor, top_p: float, sorted_: bool) -> torch.Tens
     return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 
 
-def _saved_tokenizer(config):
-    """The tokenizer saved with a reward model (its `name_or_path` folder), or None."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def saved_tokenizer(path: str):
+    """The tokenizer saved at `path` (a folder, or a Hub id in the local cache), or None; loaded once per path and
+    state of its files, so that building a processor per `generate` call does not re-read it each time."""
+    if not path:
+        return None
+    folder = Path(path)
+    files = [n for n in TOKENIZER_FILES if (folder / n).is_file()]
+    if folder.is_dir() and not files:  # AutoTokenizer would build an empty tokenizer from a config alone
+        return None
+    return _load_tokenizer(path, tuple((n, (folder / n).stat().st_mtime_ns) for n in files))
+
+
+@lru_cache(maxsize=16)
+def _load_tokenizer(path: str, files: tuple):
     from transformers import AutoTokenizer  # local: only needed for the tokenizer checks
 
-    path = getattr(config, "name_or_path", "") or ""
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True) if path else None
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError):
-        return None  # the reward model folder has no tokenizer of its own
+        return None
+
+
+def _saved_tokenizer(config):
+    """The tokenizer saved with a reward model (its `name_or_path` folder), or None."""
+    return saved_tokenizer(getattr(config, "name_or_path", "") or "")
 
 
 def _cross_tokenizer_bridges(tokenizer, terms) -> dict:
@@ -602,8 +623,6 @@ def _cross_tokenizer_bridges(tokenizer, terms) -> dict:
 
 def _check_tokenizer(tokenizer, terms) -> None:
     """The LM tokenizer must fit every reward model's vocabulary, with the same token → id map where known."""
-    from transformers import AutoTokenizer  # local: only needed for this check
-
     for term in terms:
         config = term.reward_model.config
         if len(tokenizer) > config.vocab_size:
@@ -611,14 +630,10 @@ def _check_tokenizer(tokenizer, terms) -> None:
                 f"The LM tokenizer has {len(tokenizer)} tokens but the reward model only {config.vocab_size}: "
                 "they do not share a vocabulary."
             )
-        path = getattr(config, "name_or_path", "") or ""
-        try:
-            rm_tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True) if path else None
-        except (OSError, ValueError):
-            rm_tokenizer = None  # the reward model folder has no tokenizer of its own: nothing more to compare
+        rm_tokenizer = _saved_tokenizer(config)  # None: no tokenizer of its own, nothing more to compare
         if rm_tokenizer is not None and rm_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise ValueError(
-                f"The LM tokenizer and the reward model's tokenizer ({path}) map tokens to different ids: RAD needs "
+                f"The LM tokenizer and the reward model's tokenizer ({config.name_or_path}) map tokens to different ids: RAD needs "
                 "one shared vocabulary."
             )
 

@@ -27,8 +27,6 @@ needs `tokenizer=`) and `synced_gpus` (DeepSpeed ZeRO-3 / FSDP) are not availabl
 """
 
 import sys
-from contextlib import suppress
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -43,7 +41,7 @@ from transformers import (
 )
 from transformers.generation.configuration_utils import GenerationMode
 
-from .decoding import RewardAugmentedLogitsProcessor, RewardTerm
+from .decoding import RewardAugmentedLogitsProcessor, RewardTerm, saved_tokenizer
 from .modeling_rad_v import RadPreTrainedModel
 
 # generate's decoding loops that RAD can ride on; everything else is refused.
@@ -53,7 +51,6 @@ _LOOPS = {
     GenerationMode.BEAM_SEARCH: "_beam_search",
     GenerationMode.BEAM_SAMPLE: "_beam_search",
 }
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 # Warpers generate appends after the user's processors when sampling: (config field, "is it active?").
 _HANDLED_WARPERS = {
     "temperature": lambda v: v is not None and v != 1.0,
@@ -257,33 +254,13 @@ def _lm_tokenizer(model, terms):
     Without either, no tokenizer is loaded (the fast path stays as it was).
     """
     sizes_differ = any(t.reward_model.config.vocab_size != model.config.vocab_size for t in terms)
-    if not sizes_differ and not any(_has_tokenizer(_folder(t.reward_model)) for t in terms):
+    if not sizes_differ and all(saved_tokenizer(_path(t.reward_model)) is None for t in terms):
         return None
-    return _saved_tokenizer(str(_folder(model)))
+    return saved_tokenizer(_path(model))
 
 
-def _folder(model) -> Path:
-    return Path(getattr(model, "name_or_path", "") or "")
-
-
-def _has_tokenizer(folder: Path) -> bool:
-    # AutoTokenizer builds an empty tokenizer from a config alone: only trust a folder that holds tokenizer files.
-    return str(folder) not in ("", ".") and any((folder / name).is_file() for name in _TOKENIZER_FILES)
-
-
-def _saved_tokenizer(folder: str):
-    """The tokenizer saved in `folder` (None without one), loaded once per folder and state of its files."""
-    files = tuple((n, (Path(folder) / n).stat().st_mtime_ns) for n in _TOKENIZER_FILES if (Path(folder) / n).is_file())
-    return _load_tokenizer(folder, files) if _has_tokenizer(Path(folder)) else None
-
-
-@lru_cache(maxsize=8)  # one load per LM folder, not one per generate call; `files` keys it to their state
-def _load_tokenizer(folder: str, files: tuple):
-    from transformers import AutoTokenizer
-
-    with suppress(OSError, ValueError):
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    return None
+def _path(model) -> str:
+    return getattr(model, "name_or_path", "") or ""
 
 
 def _pad_token_ids(known: torch.Tensor | None, generation_config) -> torch.Tensor | None:
