@@ -332,8 +332,8 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
         # pads as text.
         if bool(stale.any()) or (masked.numel() == 0 and self._left_padded(input_ids)):
             raise ValueError(
-                "attention_mask marks as padding some positions that hold real tokens: it is not the mask of these "
-                "prompts. Call processor.reset(attention_mask=...) with the new prompts' mask before reusing it, "
+                "attention_mask is not the mask of these prompts (it marks real tokens as padding, or marks as text "
+                "the pads some rows start with). Call processor.reset(attention_mask=...) with the new prompts' mask before reusing it, "
                 "or let generate pass it: generate(..., custom_generate=rad_q_hf.reward_augmented_generate)."
             )
         return m
