@@ -333,7 +333,8 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
         if bool(stale.any()) or (masked.numel() == 0 and self._left_padded(input_ids)):
             raise ValueError(
                 "attention_mask is not the mask of these prompts (it marks real tokens as padding, or marks as text "
-                "the pads some rows start with). Call processor.reset(attention_mask=...) with the new prompts' mask before reusing it, "
+                "the pads some rows start with). Call processor.reset(attention_mask=...) with the new prompts' mask "
+                "before reusing it, "
                 "or let generate pass it: generate(..., custom_generate=rad_q_hf.reward_augmented_generate)."
             )
         return m
@@ -569,7 +570,7 @@ def _top_p_keep(scores: torch.Tensor, top_p: float, sorted_: bool) -> torch.Tens
     return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
 def saved_tokenizer(path: str):
@@ -578,7 +579,7 @@ def saved_tokenizer(path: str):
     if not path:
         return None
     folder = Path(path)
-    files = [n for n in TOKENIZER_FILES if (folder / n).is_file()]
+    files = [n for n in _TOKENIZER_FILES if (folder / n).is_file()]
     if folder.is_dir() and not files:  # AutoTokenizer would build an empty tokenizer from a config alone
         return None
     return _load_tokenizer(path, tuple((n, (folder / n).stat().st_mtime_ns) for n in files))
@@ -633,8 +634,8 @@ def _check_tokenizer(tokenizer, terms) -> None:
         rm_tokenizer = _saved_tokenizer(config)  # None: no tokenizer of its own, nothing more to compare
         if rm_tokenizer is not None and rm_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise ValueError(
-                f"The LM tokenizer and the reward model's tokenizer ({config.name_or_path}) map tokens to different ids: RAD needs "
-                "one shared vocabulary."
+                f"The LM tokenizer and the reward model's tokenizer ({config.name_or_path}) map tokens to different "
+                "ids: RAD needs one shared vocabulary."
             )
 
 

@@ -77,7 +77,7 @@ def score_and_report(config: EvaluationConfig, prompts: list[str], fingerprints:
 
     judges, results, per_prompt_values, perplexities = Judges(config), {}, {}, {}
     for setting in config.settings():
-        rows = merge_generations(setting, prompts, config.output)
+        rows = merge_generations(setting, len(prompts), config.output)
         scores = score_setting(setting, rows, judges, config.output)
         results[setting.name] = setting_metrics(setting, rows, scores)
         per_prompt_values[setting.name] = per_prompt(scores)

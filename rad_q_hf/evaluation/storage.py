@@ -72,9 +72,8 @@ def check_prompts(setting: Setting, rows: dict[int, dict], prompts: list[str]) -
         )
 
 
-def merge_generations(setting: Setting, prompts: list[str], output: str) -> list[dict]:
-    rows, num_prompts = on_disk(output, setting), len(prompts)
-    check_prompts(setting, rows, prompts)
+def merge_generations(setting: Setting, num_prompts: int, output: str) -> list[dict]:
+    rows = on_disk(output, setting)
     missing = [i for i in range(num_prompts) if i not in rows]
     if missing:
         raise EvaluationError(f"{setting.name}: prompts {missing[:10]} have no samples (a process failed?); re-run.")

@@ -210,13 +210,16 @@ def check_run_record(model_args, data_args, training_args) -> None:
     """Refuse to resume (or reuse) the run in `output_dir` with settings other than those it was trained with, which
     `run_args.json` there records; record them for a new run. A re-run with another --method or --learning_rate
     would otherwise resume the old checkpoint, or skip a finished stage, and report the old model as the new one."""
-    data = {k: v for k, v in asdict(data_args).items() if k not in _UNRECORDED_DATA}
-    now = json.loads(json.dumps({"model": asdict(model_args), "data": data} | {
-        "training": {k: getattr(training_args, k, None) for k in _RECORDED_TRAINING}}, default=str))  # fmt: skip
+    record = {
+        "model": asdict(model_args),
+        "data": {k: v for k, v in asdict(data_args).items() if k not in _UNRECORDED_DATA},
+        "training": {k: getattr(training_args, k, None) for k in _RECORDED_TRAINING},
+    }
+    now = json.loads(json.dumps(record, default=str))  # as it reads back from the file (tuples as lists, ...)
     path = Path(training_args.output_dir) / "run_args.json"
     if path.exists():
         old = json.loads(path.read_text())
-        changed = {f"{group}.{k}": (old.get(group, {}).get(k), v) for group, values in now.items()
+        changed = {f"{group}.{k}": (old[group][k], v) for group, values in now.items()
                    for k, v in values.items() if k in old.get(group, {}) and old[group][k] != v}  # fmt: skip
         if changed:
             listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
