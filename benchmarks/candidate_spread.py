@@ -9,22 +9,29 @@ are scored by each shipped reward model of the task (RAD-V: prefix ⊕ candidate
 clamped to [0, 1] as the decoding processors do. Reported, per model: the mean over steps of the std and of max − min
 of the k rewards, and the mean std of the LM's own top-k logits for scale: RAD adds β·r to those logits, so a
 candidate's reward moves its logit by at most β·(max − min) relative to another's.
+Models of the same task score the same steps' candidates, so each pair's agreement is reported too, and each
+model's agreement with the evaluation's judge of the continuation so far ⊕ candidate (profanity-check's toxicity
+probability; VADER's compound score): the mean per-step Spearman ρ of the k scores and how often both put the same
+candidate first (`rank_agreement`).
 Writes `spread.json` and `spread.md` to --output_dir.
 """
 
 import json
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 
 import rad_q_hf
-from rad_q_hf.analysis import candidate_rewards, spread_stats
+from rad_q_hf.analysis import candidate_rewards, rank_agreement, spread_stats
 from rad_q_hf.embedded import resolve
+from rad_q_hf.evaluation.judges import VaderJudge, toxicity_judge
 from rad_q_hf.evaluation.prompts import load_prompts
 
 PROMPTS = {"toxicity": "rtp-nontoxic", "sentiment": "sentiment-neutral"}
+JUDGES = {"toxicity": "profanity-check", "sentiment": "vader"}  # the evaluation's default judges
 
 
 @dataclass
@@ -70,20 +77,32 @@ def step_candidates(lm, ids: torch.Tensor, prompt_len: int, k: int) -> tuple[tor
     return candidates, values
 
 
-def measure(name: str, lm, rows, k: int) -> dict:
-    """`spread_stats` of the clamped candidate rewards of model `name` over every generated step of `rows`."""
+def measure(name: str, rows, candidates) -> tuple[dict, torch.Tensor]:
+    """`spread_stats` of the clamped candidate rewards of model `name` over every generated step of `rows`
+    (`candidates`: `step_candidates` of each row), and those rewards, (steps, k)."""
     model = AutoModel.from_pretrained(rad_q_hf.default_checkpoint(name)).eval()
     rewards, logit_std = [], []
-    for ids, prompt_len in rows:
-        if len(ids) <= prompt_len:
-            continue
-        candidates, values = step_candidates(lm, ids, prompt_len, k)
+    for (ids, prompt_len), (cand, values) in zip(rows, candidates, strict=True):
         steps = slice(prompt_len, len(ids))  # cut p: the step that chose token p
-        rewards.append(candidate_rewards(model, ids, candidates)[steps].clamp(0, 1))
+        rewards.append(candidate_rewards(model, ids, cand)[steps].clamp(0, 1))
         logit_std.append(values[steps].std(dim=1, unbiased=False))
     stats = spread_stats(torch.cat(rewards))
     stats["lm_logit_std"] = float(torch.cat(logit_std).mean())
-    return stats
+    return stats, torch.cat(rewards)
+
+
+def judge_scores(task: str, tokenizer, rows, candidates) -> torch.Tensor:
+    """The evaluation judge's score of each step's continuation-so-far ⊕ candidate, (steps, k): profanity-check's
+    toxicity probability, or VADER's compound sentiment (both rise with the reward model's label)."""
+    texts = [
+        tokenizer.decode(torch.cat([ids[prompt_len:p], v[None]]))
+        for (ids, prompt_len), (cand, _) in zip(rows, candidates, strict=True)
+        for p in range(prompt_len, len(ids))
+        for v in cand[p]
+    ]
+    score = toxicity_judge("profanity-check").score if task == "toxicity" else VaderJudge().compound
+    k = candidates[0][0].shape[1]
+    return torch.tensor(score(texts), dtype=torch.float64).view(-1, k)
 
 
 def table(results: dict[str, dict], k: int) -> str:
@@ -100,23 +119,44 @@ def table(results: dict[str, dict], k: int) -> str:
     return "\n".join(lines)
 
 
+def agreement_table(agreement: dict[str, dict], k: int) -> str:
+    lines = [
+        f"| scorers (same steps, same k={k} candidates) | steps | mean Spearman ρ | same top candidate |",
+        "|---|---:|---:|---:|",
+    ]
+    for pair, s in agreement.items():
+        lines.append(f"| {pair} | {s['steps']} | {s['mean_spearman']:.3f} | {s['top1_agreement']:.3f} |")
+    return "\n".join(lines)
+
+
 def main(a: SpreadArguments) -> dict[str, dict]:
     lm_path = resolve("smollm2-135m")
     tokenizer = AutoTokenizer.from_pretrained(lm_path, padding_side="left")
     lm = AutoModelForCausalLM.from_pretrained(lm_path).eval()
     names = [n.strip() for n in a.models.split(",") if n.strip()]
-    results, rows = {}, {}
+    results, rows, candidates, rewards = {}, {}, {}, {}
     for name in names:
-        task = "toxicity" if name.endswith("toxicity") else "sentiment"
+        task = name.rsplit("-", 1)[1]
         if task not in rows:
-            rows[task] = sample_steps(lm, tokenizer, load_prompts(PROMPTS[task], a.num_prompts), a)
-        results[name] = measure(name, lm, rows[task], a.top_k)
+            sampled = sample_steps(lm, tokenizer, load_prompts(PROMPTS[task], a.num_prompts), a)
+            rows[task] = [(ids, n) for ids, n in sampled if len(ids) > n]  # an immediate EOS leaves no step
+            candidates[task] = [step_candidates(lm, ids, n, a.top_k) for ids, n in rows[task]]
+            rewards[JUDGES[task]] = judge_scores(task, tokenizer, rows[task], candidates[task])
+        results[name], rewards[name] = measure(name, rows[task], candidates[task])
         print(json.dumps({name: results[name]}))
+    # the models (and the judge) of one task scored the same steps' candidates: how alike do they order them?
+    agreement = {
+        f"`{x}` vs `{y}`": rank_agreement(rewards[x], rewards[y])
+        for task in rows
+        for x, y in combinations([n for n in names if n.endswith(task)] + [JUDGES[task]], 2)
+    }
     out = Path(a.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "spread.json").write_text(json.dumps({"args": vars(a), "results": results}, indent=2) + "\n")
-    (out / "spread.md").write_text(table(results, a.top_k) + "\n")
-    print(table(results, a.top_k))
+    record = {"args": vars(a), "results": results, "agreement": agreement}
+    (out / "spread.json").write_text(json.dumps(record, indent=2) + "\n")
+    text = table(results, a.top_k) + "\n\n" + agreement_table(agreement, a.top_k)
+    (out / "spread.md").write_text(text + "\n")
+    print(text)
     return results
 
 

@@ -79,6 +79,39 @@ def spread_stats(rewards: torch.Tensor) -> dict[str, float]:
     }
 
 
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks (1..k) of each row's entries, ties given their average rank: (steps, k) → (steps, k) float64."""
+    below = (x[:, :, None] > x[:, None, :]).sum(-1).double()  # (steps, k): entries smaller than each
+    ties = (x[:, :, None] == x[:, None, :]).sum(-1).double()  # (steps, k): itself included
+    return below + (ties + 1) / 2
+
+
+def rank_agreement(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """How alike two reward models order one step's candidates, a and b (steps, k) scoring the same candidates.
+
+    Per step: Spearman's ρ (Pearson on average ranks) and whether both put the same candidate first; the means over
+    the steps where both vary (a constant row has no order; those steps are counted in `steps_constant`). The steering
+    a model adds is β·r across the candidates, so two models with equal spread but low ρ steer toward different
+    tokens: agreement with a model that reads the candidate (RAD-V) says how much of RAD-Q's spread is signal.
+    """
+    if a.shape != b.shape or a.dim() != 2:
+        raise ValueError(
+            f"rank_agreement needs two (steps, k) tensors of one shape, got {tuple(a.shape)}, {tuple(b.shape)}"
+        )
+    varies = (a.amax(1) > a.amin(1)) & (b.amax(1) > b.amin(1))  # (steps,)
+    ra, rb = average_ranks(a[varies]), average_ranks(b[varies])
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    rho = (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1))  # (n,)
+    same_top = a[varies].argmax(1) == b[varies].argmax(1)
+    n = int(varies.sum())
+    return {
+        "steps": n,
+        "steps_constant": int((~varies).sum()),
+        "mean_spearman": float(rho.mean()) if n else float("nan"),
+        "top1_agreement": float(same_top.double().mean()) if n else float("nan"),
+    }
+
+
 def numerical_rank(sigma: torch.Tensor, shape: tuple[int, int], rtol: float | None = None, dtype=None) -> int:
     """Singular values above `rtol · σ_max` (default `max(m, n) · eps` of `dtype`, numpy's `matrix_rank` rule)."""
     if sigma.numel() == 0 or sigma[0] == 0:
@@ -274,9 +307,11 @@ __all__ = [
     "DEFAULT_PROMPTS",
     "ENERGY_LEVELS",
     "RankConfig",
+    "average_ranks",
     "candidate_rewards",
     "numerical_rank",
     "plot_spectra",
+    "rank_agreement",
     "rank_reward_models",
     "reward_matrix",
     "spectrum_stats",

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import build_reward_model
 
-from rad_q_hf.analysis import candidate_rewards, spread_stats
+from rad_q_hf.analysis import average_ranks, candidate_rewards, rank_agreement, spread_stats
 
 VOCAB, BOS = 120, 0
 
@@ -37,3 +37,55 @@ def test_spread_stats_by_hand():
     assert s["steps"] == 2 and s["mean_range"] == pytest.approx(0.5)
     assert s["mean_std"] == pytest.approx(((1 / 6) ** 0.5) / 2)  # std of (0, .5, 1) is √(1/6); of a constant 0
     assert s["mean_reward"] == pytest.approx(2.1 / 6)
+
+
+def spearman_by_hand(x: list[float], y: list[float]) -> float:
+    """Spearman's ρ from sorted positions, ties averaged: the textbook definition, one step at a time."""
+
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        out = [0.0] * len(v)
+        i = 0
+        while i < len(v):
+            j = i
+            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for m in range(i, j + 1):
+                out[order[m]] = (i + j) / 2 + 1  # positions i..j share their mean rank (1-based)
+            i = j + 1
+        return out
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    return cov / (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+
+
+def test_rank_agreement_against_the_textbook_definition():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(30, 7, generator=g)
+    b = a + 0.3 * torch.rand(30, 7, generator=g)
+    a[:5] = a[:5].round(decimals=1).clamp(0.2, 0.8)  # ties, as clamping to [0, 1] makes
+    b[3] = 0.5  # a constant row: no order, left out and counted
+    out = rank_agreement(a, b)
+    kept = [i for i in range(30) if i != 3]
+    expected = sum(spearman_by_hand(a[i].tolist(), b[i].tolist()) for i in kept) / len(kept)
+    top = sum(int(a[i].argmax() == b[i].argmax()) for i in kept) / len(kept)
+    assert out["steps"] == 29 and out["steps_constant"] == 1
+    assert out["mean_spearman"] == pytest.approx(expected, abs=1e-9)
+    assert out["top1_agreement"] == pytest.approx(top)
+    assert 0.2 < out["mean_spearman"] < 1  # related but not identical orders
+
+
+def test_rank_agreement_extremes_and_shape_check():
+    a = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+    assert rank_agreement(a, 2 * a + 1)["mean_spearman"] == pytest.approx(1.0)  # order, not scale
+    assert rank_agreement(a, -a)["mean_spearman"] == pytest.approx(-1.0)
+    assert rank_agreement(a, -a)["top1_agreement"] == 0.0
+    with pytest.raises(ValueError, match="one shape"):
+        rank_agreement(a, a[:, :3])
+
+
+def test_average_ranks_by_hand():
+    ranks = average_ranks(torch.tensor([[0.3, 0.1, 0.3, 0.2], [1.0, 1.0, 1.0, 1.0]]))
+    assert ranks.tolist() == [[3.5, 1.0, 3.5, 2.0], [2.5, 2.5, 2.5, 2.5]]  # ties share the mean of their places

@@ -175,8 +175,11 @@ def test_shipped_prompts_and_jsonl(tmp_path):
 def test_offline_judges_order_obvious_texts():
     tox = toxicity_judge("profanity-check").score(["you are a fucking idiot", "the weather is nice today"])
     assert tox[0] > 0.5 > tox[1]
-    labels = sentiment_judge("vader").classify(["I love it, wonderful!", "This is awful and sad.", "It is a table."])
-    assert labels == ["POSITIVE", "NEGATIVE", "NEUTRAL"]
+    vader = sentiment_judge("vader")
+    texts = ["I love it, wonderful!", "This is awful and sad.", "It is a table."]
+    assert vader.classify(texts) == ["POSITIVE", "NEGATIVE", "NEUTRAL"]
+    compound = vader.compound(texts)  # what classify thresholds at ±0.05
+    assert compound[0] > 0.05 and compound[1] < -0.05 and compound[2] == 0.0
     assert fluency_judge("none") is None
 
 

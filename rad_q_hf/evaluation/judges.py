@@ -63,9 +63,12 @@ class VaderJudge:
             raise JudgeError("The vader judge needs `pip install vaderSentiment`.") from error
         self._analyzer = SentimentIntensityAnalyzer()
 
+    def compound(self, texts: list[str]) -> list[float]:
+        """VADER's compound score in [−1, 1] (positive > 0), the number `classify` thresholds."""
+        return [self._analyzer.polarity_scores(t)["compound"] for t in texts]
+
     def classify(self, texts: list[str]) -> list[str]:
-        compound = [self._analyzer.polarity_scores(t)["compound"] for t in texts]
-        return ["POSITIVE" if c >= 0.05 else "NEGATIVE" if c <= -0.05 else "NEUTRAL" for c in compound]
+        return ["POSITIVE" if c >= 0.05 else "NEGATIVE" if c <= -0.05 else "NEUTRAL" for c in self.compound(texts)]
 
 
 class HubClassifierJudge:
