@@ -10,9 +10,10 @@ clamped to [0, 1] as the decoding processors do. Reported, per model: the mean o
 of the k rewards, and the mean std of the LM's own top-k logits for scale: RAD adds β·r to those logits, so a
 candidate's reward moves its logit by at most β·(max − min) relative to another's.
 Models of the same task score the same steps' candidates, so each pair's agreement is reported too, and each
-model's agreement with the evaluation's judge of the continuation so far ⊕ candidate (profanity-check's toxicity
-probability; VADER's compound score): the mean per-step Spearman ρ of the k scores and how often both put the same
-candidate first (`rank_agreement`).
+model's agreement with the evaluation's judge of the text with the candidate appended (profanity-check's toxicity
+probability of the continuation; VADER's compound score of prompt + continuation): the mean per-step Spearman ρ of
+the k scores and the chance both pick the same first candidate (`rank_agreement`), with standard errors clustered by
+prompt, and for each pair of models the paired difference of their ρ with the judge.
 Writes `spread.json` and `spread.md` to --output_dir.
 """
 
@@ -25,9 +26,9 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 
 import rad_q_hf
-from rad_q_hf.analysis import candidate_rewards, rank_agreement, spread_stats
+from rad_q_hf.analysis import candidate_rewards, rank_agreement, spread_stats, step_agreement
 from rad_q_hf.embedded import resolve
-from rad_q_hf.evaluation.judges import VaderJudge, toxicity_judge
+from rad_q_hf.evaluation.judges import sentiment_judge, toxicity_judge
 from rad_q_hf.evaluation.prompts import load_prompts
 
 PROMPTS = {"toxicity": "rtp-nontoxic", "sentiment": "sentiment-neutral"}
@@ -92,17 +93,40 @@ def measure(name: str, rows, candidates) -> tuple[dict, torch.Tensor]:
 
 
 def judge_scores(task: str, tokenizer, rows, candidates) -> torch.Tensor:
-    """The evaluation judge's score of each step's continuation-so-far ⊕ candidate, (steps, k): profanity-check's
-    toxicity probability, or VADER's compound sentiment (both rise with the reward model's label)."""
+    """The evaluation judge's score of each step's text with each candidate appended, (steps, k), on the text the
+    evaluation judges: the continuation so far for toxicity (profanity-check's probability), prompt + continuation
+    for sentiment (VADER's compound score). Both rise with the reward model's label."""
     texts = [
-        tokenizer.decode(torch.cat([ids[prompt_len:p], v[None]]))
+        tokenizer.decode(
+            torch.cat([ids[prompt_len if task == "toxicity" else 0 : p], v[None]]), skip_special_tokens=True
+        )
         for (ids, prompt_len), (cand, _) in zip(rows, candidates, strict=True)
         for p in range(prompt_len, len(ids))
         for v in cand[p]
     ]
-    score = toxicity_judge("profanity-check").score if task == "toxicity" else VaderJudge().compound
+    judge = toxicity_judge(JUDGES[task]) if task == "toxicity" else sentiment_judge(JUDGES[task])
+    score = judge.score if task == "toxicity" else judge.compound  # VADER's number before its thresholds
     k = candidates[0][0].shape[1]
     return torch.tensor(score(texts), dtype=torch.float64).view(-1, k)
+
+
+def clustered_mean(values: torch.Tensor, groups: torch.Tensor) -> tuple[float, float]:
+    """Mean of the finite `values` (steps,) and its standard error clustered by `groups` (steps,): the steps of one
+    prompt's continuation are not independent, so the SE sums each prompt's deviations before squaring."""
+    kept = values.isfinite()
+    x, g = values[kept].double(), groups[kept]
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    deviation = torch.zeros(int(g.max()) + 1, dtype=torch.float64).index_add_(0, g, x - x.mean())
+    return float(x.mean()), float(deviation.square().sum().sqrt() / len(x))
+
+
+def agreement_of(x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> dict:
+    """`rank_agreement` of two scorers, with the standard errors of its two means clustered by prompt."""
+    rho, top = step_agreement(x, y)
+    out = rank_agreement(x, y)
+    out["spearman_se"], out["top1_se"] = clustered_mean(rho, groups)[1], clustered_mean(top, groups)[1]
+    return out
 
 
 def table(results: dict[str, dict], k: int) -> str:
@@ -125,8 +149,15 @@ def agreement_table(agreement: dict[str, dict], k: int) -> str:
         "|---|---:|---:|---:|",
     ]
     for pair, s in agreement.items():
-        lines.append(f"| {pair} | {s['steps']} | {s['mean_spearman']:.3f} | {s['top1_agreement']:.3f} |")
+        lines.append(
+            f"| {pair} | {s['steps']} | {s['mean_spearman']:.3f} ± {s['spearman_se']:.3f} | "
+            f"{s['top1_agreement']:.3f} ± {s['top1_se']:.3f} |"
+        )
     return "\n".join(lines)
+
+
+def difference_lines(differences: dict[str, tuple[float, float]]) -> str:
+    return "\n".join(f"- {name}: {m:+.3f} ± {se:.3f}" for name, (m, se) in differences.items())
 
 
 def main(a: SpreadArguments) -> dict[str, dict]:
@@ -134,27 +165,38 @@ def main(a: SpreadArguments) -> dict[str, dict]:
     tokenizer = AutoTokenizer.from_pretrained(lm_path, padding_side="left")
     lm = AutoModelForCausalLM.from_pretrained(lm_path).eval()
     names = [n.strip() for n in a.models.split(",") if n.strip()]
-    results, rows, candidates, rewards = {}, {}, {}, {}
+    results, rows, candidates, rewards, groups = {}, {}, {}, {}, {}
     for name in names:
-        task = name.rsplit("-", 1)[1]
+        task = Path(name).name.rsplit("-", 1)[-1]
+        if task not in PROMPTS:
+            raise ValueError(f"{name!r}: the model's name must end in -toxicity or -sentiment (its task's prompts).")
         if task not in rows:
             sampled = sample_steps(lm, tokenizer, load_prompts(PROMPTS[task], a.num_prompts), a)
             rows[task] = [(ids, n) for ids, n in sampled if len(ids) > n]  # an immediate EOS leaves no step
+            if not rows[task]:
+                raise ValueError(f"Every {task} continuation ended at once: no decoding step to measure.")
             candidates[task] = [step_candidates(lm, ids, n, a.top_k) for ids, n in rows[task]]
+            groups[task] = torch.cat([torch.full((len(ids) - n,), i) for i, (ids, n) in enumerate(rows[task])])
             rewards[JUDGES[task]] = judge_scores(task, tokenizer, rows[task], candidates[task])
         results[name], rewards[name] = measure(name, rows[task], candidates[task])
         print(json.dumps({name: results[name]}))
     # the models (and the judge) of one task scored the same steps' candidates: how alike do they order them?
-    agreement = {
-        f"`{x}` vs `{y}`": rank_agreement(rewards[x], rewards[y])
-        for task in rows
-        for x, y in combinations([n for n in names if n.endswith(task)] + [JUDGES[task]], 2)
-    }
+    agreement, differences = {}, {}
+    for task in rows:
+        models = [n for n in names if Path(n).name.endswith(task)]
+        for x, y in combinations([*models, JUDGES[task]], 2):
+            agreement[f"`{x}` vs `{y}`"] = agreement_of(rewards[x], rewards[y], groups[task])
+        judge = rewards[JUDGES[task]]
+        for x, y in combinations(models, 2):  # does one model order the candidates more like the judge?
+            rho_x, rho_y = step_agreement(rewards[x], judge)[0], step_agreement(rewards[y], judge)[0]
+            differences[f"ρ(`{x}`, {JUDGES[task]}) − ρ(`{y}`, {JUDGES[task]})"] = clustered_mean(
+                rho_x - rho_y, groups[task]
+            )
     out = Path(a.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"args": vars(a), "results": results, "agreement": agreement}
+    record = {"args": vars(a), "results": results, "agreement": agreement, "judge_agreement_differences": differences}
     (out / "spread.json").write_text(json.dumps(record, indent=2) + "\n")
-    text = table(results, a.top_k) + "\n\n" + agreement_table(agreement, a.top_k)
+    text = "\n\n".join([table(results, a.top_k), agreement_table(agreement, a.top_k), difference_lines(differences)])
     (out / "spread.md").write_text(text + "\n")
     print(text)
     return results

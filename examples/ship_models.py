@@ -114,7 +114,8 @@ class ShipArguments:
 # Each sentiment model's own recipe (backbone layers, steps of the Amazon and SST-2 stages, schedule, validation
 # percent), which `--num_layers` and the `--sentiment_*` flags override. RAD-Q's was retrained on 2026-11-28 on 18
 # layers, cosine, with the checkpoint picked on validation: SST-2 dev 0.864 -> 0.898, +0.034 ± 0.011 paired
-# (docs/reward_quality.md §6); RAD-V's retrainings (two epochs; 18 and 24 layers: 0.886, 0.893, 0.896 vs 0.889) did not measurably beat its first recipe.
+# (docs/reward_quality.md §6); RAD-V's retrainings (two epochs; 18 and 24 layers: 0.886, 0.893, 0.896 vs 0.889)
+# did not measurably beat its first recipe.
 class SentimentRecipe(NamedTuple):
     num_layers: int
     stage_steps: str  # Amazon, SST-2

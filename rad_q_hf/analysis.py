@@ -80,35 +80,53 @@ def spread_stats(rewards: torch.Tensor) -> dict[str, float]:
 
 
 def average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """Ranks (1..k) of each row's entries, ties given their average rank: (steps, k) → (steps, k) float64."""
+    """Ranks (1..k) of each row's finite entries, ties given their average rank: (steps, k) → (steps, k) float64."""
     below = (x[:, :, None] > x[:, None, :]).sum(-1).double()  # (steps, k): entries smaller than each
     ties = (x[:, :, None] == x[:, None, :]).sum(-1).double()  # (steps, k): itself included
     return below + (ties + 1) / 2
 
 
-def rank_agreement(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
-    """How alike two reward models order one step's candidates, a and b (steps, k) scoring the same candidates.
+def step_agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per step, how alike two scorers order the same k candidates, a and b (steps, k) → two (steps,) float64 tensors.
 
-    Per step: Spearman's ρ (Pearson on average ranks) and whether both put the same candidate first; the means over
-    the steps where both vary (a constant row has no order; those steps are counted in `steps_constant`). The steering
-    a model adds is β·r across the candidates, so two models with equal spread but low ρ steer toward different
-    tokens: agreement with a model that reads the candidate (RAD-V) says how much of RAD-Q's spread is signal.
+    Spearman's ρ (Pearson on average ranks), and the chance that both pick the same first candidate when each breaks
+    ties among its best at random (|A ∩ B| / (|A|·|B|) for the sets A, B of maximal candidates; 1/k for unrelated
+    scorers without ties). Steps where either scorer gives all k candidates one score have no order: NaN in both.
+    Non-finite scores are refused (a NaN would rank below everything and count as the maximum).
     """
-    if a.shape != b.shape or a.dim() != 2:
+    if a.shape != b.shape or a.dim() != 2 or a.shape[1] < 2:
         raise ValueError(
-            f"rank_agreement needs two (steps, k) tensors of one shape, got {tuple(a.shape)}, {tuple(b.shape)}"
+            f"Agreement needs two (steps, k ≥ 2) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}."
         )
-    varies = (a.amax(1) > a.amin(1)) & (b.amax(1) > b.amin(1))  # (steps,)
-    ra, rb = average_ranks(a[varies]), average_ranks(b[varies])
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise ValueError(
+            "Agreement of non-finite scores is undefined: drop or fix the steps whose scores are NaN/inf."
+        )
+    ra, rb = average_ranks(a), average_ranks(b)  # (steps, k)
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    rho = (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1))  # (n,)
-    same_top = a[varies].argmax(1) == b[varies].argmax(1)
-    n = int(varies.sum())
+    varies = (ra.norm(dim=1) > 0) & (rb.norm(dim=1) > 0)  # (steps,)
+    rho = (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-300)
+    best_a, best_b = a == a.amax(1, keepdim=True), b == b.amax(1, keepdim=True)  # (steps, k)
+    top = (best_a & best_b).sum(1).double() / (best_a.sum(1) * best_b.sum(1)).double()
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    return torch.where(varies, rho, nan), torch.where(varies, top, nan)
+
+
+def rank_agreement(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """`step_agreement` of a and b (steps, k) summarised: the means over the steps where both vary, their count, and
+    the count of steps left out (`steps_constant`).
+
+    RAD adds β·r across one step's candidates, so two scorers with equal spread but low ρ push toward different
+    tokens; ρ against a judge of the text says how far a model's order follows the judge's, one step at a time.
+    """
+    rho, top = step_agreement(a, b)
+    kept = ~rho.isnan()
+    n = int(kept.sum())
     return {
         "steps": n,
-        "steps_constant": int((~varies).sum()),
-        "mean_spearman": float(rho.mean()) if n else float("nan"),
-        "top1_agreement": float(same_top.double().mean()) if n else float("nan"),
+        "steps_constant": int((~kept).sum()),
+        "mean_spearman": float(rho[kept].mean()) if n else float("nan"),
+        "top1_agreement": float(top[kept].mean()) if n else float("nan"),
     }
 
 
@@ -316,4 +334,5 @@ __all__ = [
     "reward_matrix",
     "spectrum_stats",
     "spread_stats",
+    "step_agreement",
 ]

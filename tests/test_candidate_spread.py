@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import build_reward_model
 
-from rad_q_hf.analysis import average_ranks, candidate_rewards, rank_agreement, spread_stats
+from rad_q_hf.analysis import average_ranks, candidate_rewards, rank_agreement, spread_stats, step_agreement
 
 VOCAB, BOS = 120, 0
 
@@ -70,7 +70,7 @@ def test_rank_agreement_against_the_textbook_definition():
     out = rank_agreement(a, b)
     kept = [i for i in range(30) if i != 3]
     expected = sum(spearman_by_hand(a[i].tolist(), b[i].tolist()) for i in kept) / len(kept)
-    top = sum(int(a[i].argmax() == b[i].argmax()) for i in kept) / len(kept)
+    top = sum(int(a[i].argmax() == b[i].argmax()) for i in kept) / len(kept)  # no tied maxima in these rows
     assert out["steps"] == 29 and out["steps_constant"] == 1
     assert out["mean_spearman"] == pytest.approx(expected, abs=1e-9)
     assert out["top1_agreement"] == pytest.approx(top)
@@ -84,6 +84,24 @@ def test_rank_agreement_extremes_and_shape_check():
     assert rank_agreement(a, -a)["top1_agreement"] == 0.0
     with pytest.raises(ValueError, match="one shape"):
         rank_agreement(a, a[:, :3])
+
+
+def test_top1_agreement_breaks_ties_at_random():
+    # a: candidates 0 and 1 tie for best; b: 1 alone. A random pick among a's best matches b half the time.
+    a = torch.tensor([[0.9, 0.9, 0.1, 0.2], [0.0, 0.0, 0.0, 0.5]])
+    b = torch.tensor([[0.2, 0.8, 0.1, 0.3], [0.3, 0.3, 0.3, 0.1]])  # row 2: b's three tied best all miss a's
+    rho, top = step_agreement(a, b)
+    assert top.tolist() == [0.5, 0.0]
+    assert rank_agreement(a, b)["top1_agreement"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_agreement_refuses_non_finite_scores(bad):
+    a = torch.tensor([[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]])
+    b = a.clone()
+    b[1, 0] = bad
+    with pytest.raises(ValueError, match="non-finite"):
+        rank_agreement(a, b)
 
 
 def test_average_ranks_by_hand():
