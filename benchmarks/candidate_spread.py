@@ -129,31 +129,42 @@ def agreement_of(x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> dict
     return out
 
 
+def markdown_table(header: list[str], align: str, rows: list[list[str]]) -> str:
+    """A markdown table: `align` holds one `l` (left) or `r` (right) per column."""
+    rule = "|".join("---" if a == "l" else "---:" for a in align)
+    return "\n".join(["| " + " | ".join(header) + " |", f"|{rule}|"] + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 def table(results: dict[str, dict], k: int) -> str:
-    lines = [
-        f"| model | steps | mean std of r over k={k} | mean max−min of r | mean r | β·(max−min) at β=10 | "
-        "mean std of LM top-k logits |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+    header = ["model", "steps", f"mean std of r over k={k}", "mean max−min of r", "mean r", "β·(max−min) at β=10",
+              "mean std of LM top-k logits"]  # fmt: skip
+    rows = [
+        [
+            f"`{name}`",
+            str(s["steps"]),
+            f"{s['mean_std']:.4f}",
+            f"{s['mean_range']:.4f}",
+            f"{s['mean_reward']:.3f}",
+            f"{10 * s['mean_range']:.2f}",
+            f"{s['lm_logit_std']:.2f}",
+        ]  # fmt: skip
+        for name, s in results.items()
     ]
-    for name, s in results.items():
-        lines.append(
-            f"| `{name}` | {s['steps']} | {s['mean_std']:.4f} | {s['mean_range']:.4f} | {s['mean_reward']:.3f} "
-            f"| {10 * s['mean_range']:.2f} | {s['lm_logit_std']:.2f} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(header, "lrrrrrr", rows)
 
 
 def agreement_table(agreement: dict[str, dict], k: int) -> str:
-    lines = [
-        f"| scorers (same steps, same k={k} candidates) | steps | mean Spearman ρ | same top candidate |",
-        "|---|---:|---:|---:|",
+    header = [f"scorers (same steps, same k={k} candidates)", "steps", "mean Spearman ρ", "same top candidate"]
+    rows = [
+        [
+            pair,
+            str(s["steps"]),
+            f"{s['mean_spearman']:.3f} ± {s['spearman_se']:.3f}",
+            f"{s['top1_agreement']:.3f} ± {s['top1_se']:.3f}",
+        ]  # fmt: skip
+        for pair, s in agreement.items()
     ]
-    for pair, s in agreement.items():
-        lines.append(
-            f"| {pair} | {s['steps']} | {s['mean_spearman']:.3f} ± {s['spearman_se']:.3f} | "
-            f"{s['top1_agreement']:.3f} ± {s['top1_se']:.3f} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(header, "lrrr", rows)
 
 
 def difference_lines(differences: dict[str, tuple[float, float]]) -> str:
