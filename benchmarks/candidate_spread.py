@@ -12,7 +12,7 @@ candidate's reward moves its logit by at most β·(max − min) relative to anot
 Models of the same task score the same steps' candidates, so each pair's agreement is reported too, and each
 model's agreement with the evaluation's judge of the text with the candidate appended (profanity-check's toxicity
 probability of the continuation; VADER's compound score of prompt + continuation): the mean per-step Spearman ρ of
-the k scores and the chance both pick the same first candidate (`rank_agreement`), with standard errors clustered by
+the k scores and the chance both pick the same first candidate (`step_agreement`), with standard errors clustered by
 prompt, and for each pair of models the paired difference of their ρ with the judge.
 Writes `spread.json` and `spread.md` to --output_dir.
 """
@@ -26,7 +26,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 
 import rad_q_hf
-from rad_q_hf.analysis import candidate_rewards, rank_agreement, spread_stats, step_agreement
+from rad_q_hf.analysis import candidate_rewards, spread_stats, step_agreement
 from rad_q_hf.embedded import resolve
 from rad_q_hf.evaluation.judges import sentiment_judge, toxicity_judge
 from rad_q_hf.evaluation.prompts import load_prompts
@@ -104,8 +104,10 @@ def judge_scores(task: str, tokenizer, rows, candidates) -> torch.Tensor:
         for p in range(prompt_len, len(ids))
         for v in cand[p]
     ]
-    judge = toxicity_judge(JUDGES[task]) if task == "toxicity" else sentiment_judge(JUDGES[task])
-    score = judge.score if task == "toxicity" else judge.compound  # VADER's number before its thresholds
+    if task == "toxicity":
+        score = toxicity_judge(JUDGES[task]).score
+    else:
+        score = sentiment_judge(JUDGES[task]).compound  # VADER's number before its thresholds
     k = candidates[0][0].shape[1]
     return torch.tensor(score(texts), dtype=torch.float64).view(-1, k)
 
@@ -121,12 +123,13 @@ def clustered_mean(values: torch.Tensor, groups: torch.Tensor) -> tuple[float, f
     return float(x.mean()), float(deviation.square().sum().sqrt() / len(x))
 
 
-def agreement_of(x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> dict:
-    """`rank_agreement` of two scorers, with the standard errors of its two means clustered by prompt."""
-    rho, top = step_agreement(x, y)
-    out = rank_agreement(x, y)
-    out["spearman_se"], out["top1_se"] = clustered_mean(rho, groups)[1], clustered_mean(top, groups)[1]
-    return out
+def agreement_of(rho: torch.Tensor, top: torch.Tensor, groups: torch.Tensor) -> dict:
+    """`rank_agreement`'s summary of one pair's `step_agreement` (steps,) values, with the standard errors of its two
+    means clustered by prompt."""
+    (mean_rho, rho_se), (mean_top, top_se) = clustered_mean(rho, groups), clustered_mean(top, groups)
+    n = int(rho.isfinite().sum())
+    return {"steps": n, "steps_constant": len(rho) - n, "mean_spearman": mean_rho, "top1_agreement": mean_top,
+            "spearman_se": rho_se, "top1_se": top_se}  # fmt: skip
 
 
 def markdown_table(header: list[str], align: str, rows: list[list[str]]) -> str:
@@ -147,7 +150,7 @@ def table(results: dict[str, dict], k: int) -> str:
             f"{s['mean_reward']:.3f}",
             f"{10 * s['mean_range']:.2f}",
             f"{s['lm_logit_std']:.2f}",
-        ]  # fmt: skip
+        ]
         for name, s in results.items()
     ]
     return markdown_table(header, "lrrrrrr", rows)
@@ -161,7 +164,7 @@ def agreement_table(agreement: dict[str, dict], k: int) -> str:
             str(s["steps"]),
             f"{s['mean_spearman']:.3f} ± {s['spearman_se']:.3f}",
             f"{s['top1_agreement']:.3f} ± {s['top1_se']:.3f}",
-        ]  # fmt: skip
+        ]
         for pair, s in agreement.items()
     ]
     return markdown_table(header, "lrrr", rows)
@@ -194,15 +197,13 @@ def main(a: SpreadArguments) -> dict[str, dict]:
     # the models (and the judge) of one task scored the same steps' candidates: how alike do they order them?
     agreement, differences = {}, {}
     for task in rows:
-        models = [n for n in names if Path(n).name.endswith(task)]
-        for x, y in combinations([*models, JUDGES[task]], 2):
-            agreement[f"`{x}` vs `{y}`"] = agreement_of(rewards[x], rewards[y], groups[task])
-        judge = rewards[JUDGES[task]]
+        models, judge = [n for n in names if Path(n).name.endswith(task)], JUDGES[task]
+        steps = {(x, y): step_agreement(rewards[x], rewards[y]) for x, y in combinations([*models, judge], 2)}
+        for (x, y), (rho, top) in steps.items():
+            agreement[f"`{x}` vs `{y}`"] = agreement_of(rho, top, groups[task])
         for x, y in combinations(models, 2):  # does one model order the candidates more like the judge?
-            rho_x, rho_y = step_agreement(rewards[x], judge)[0], step_agreement(rewards[y], judge)[0]
-            differences[f"ρ(`{x}`, {JUDGES[task]}) − ρ(`{y}`, {JUDGES[task]})"] = clustered_mean(
-                rho_x - rho_y, groups[task]
-            )
+            rho_x, rho_y = steps[x, judge][0], steps[y, judge][0]
+            differences[f"ρ(`{x}`, {judge}) − ρ(`{y}`, {judge})"] = clustered_mean(rho_x - rho_y, groups[task])
     out = Path(a.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     record = {"args": vars(a), "results": results, "agreement": agreement, "judge_agreement_differences": differences}

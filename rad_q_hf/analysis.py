@@ -104,8 +104,9 @@ def step_agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torc
         )
     ra, rb = average_ranks(a), average_ranks(b)  # (steps, k)
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    varies = (ra.norm(dim=1) > 0) & (rb.norm(dim=1) > 0)  # (steps,)
-    rho = (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-300)
+    na, nb = ra.norm(dim=1), rb.norm(dim=1)  # (steps,): 0 where a row's scores are all equal
+    varies = (na > 0) & (nb > 0)
+    rho = (ra * rb).sum(1) / (na * nb).clamp_min(1e-300)
     best_a, best_b = a == a.amax(1, keepdim=True), b == b.amax(1, keepdim=True)  # (steps, k)
     top = (best_a & best_b).sum(1).double() / (best_a.sum(1) * best_b.sum(1)).double()
     nan = torch.tensor(float("nan"), dtype=torch.float64)

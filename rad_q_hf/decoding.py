@@ -334,8 +334,8 @@ class RewardAugmentedLogitsProcessor(LogitsProcessor):
             raise ValueError(
                 "attention_mask is not the mask of these prompts (it marks real tokens as padding, or marks as text "
                 "the pads some rows start with). Call processor.reset(attention_mask=...) with the new prompts' mask "
-                "before reusing it, "
-                "or let generate pass it: generate(..., custom_generate=rad_q_hf.reward_augmented_generate)."
+                "before reusing it, or let generate pass it: generate(..., "
+                "custom_generate=rad_q_hf.reward_augmented_generate)."
             )
         return m
 
