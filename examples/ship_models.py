@@ -63,7 +63,9 @@ class ShipArguments:
     num_layers: int | None = field(
         default=None, metadata={"help": "Backbone layers kept (default: 12, or the sentiment model's recipe)."}
     )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_r: int | None = field(
+        default=None, metadata={"help": "LoRA rank (per stage for sentiment; default: the model's recipe)."}
+    )
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate (LoRA)."})
     rad_q_head_learning_rate: float = field(
         default=3e-4,
@@ -121,6 +123,7 @@ class SentimentRecipe(NamedTuple):
     stage_steps: str  # Amazon, SST-2
     lr_scheduler: str
     validation_percent: float
+    lora_r: int = 16  # per stage; the shipped delta stacks both stages' adapters (rank 2r)
 
 
 SENTIMENT_RECIPES = {
@@ -141,6 +144,7 @@ class ToxicityRecipe(NamedTuple):
     eval_steps: int = 50
     max_eval_samples: int = 250
     save_total_limit: int = 8
+    lora_r: int = 16
 
 
 # Both retrained on 2026-11-28 (v2: one epoch of all 74,742 training texts instead of 500 steps; docs/reward_quality.md
@@ -180,10 +184,17 @@ def num_layers(name: str, a: ShipArguments) -> int:
     return SENTIMENT_RECIPES[name].num_layers if name in SENTIMENT_RECIPES else DEFAULT_NUM_LAYERS
 
 
+def lora_rank(name: str, a: ShipArguments) -> int:
+    """LoRA rank of a model (per stage for sentiment): `--lora_r`, else its recipe's."""
+    if a.lora_r is not None:
+        return a.lora_r
+    return (SENTIMENT_RECIPES.get(name) or TOXICITY_RECIPES[name]).lora_r
+
+
 def recipe(name: str, a: ShipArguments):
     method, task = name.rsplit("-", 1)  # "rad-q-toxicity" -> ("rad-q", "toxicity")
     model_args = ModelArguments(
-        method=method, num_layers=num_layers(name, a), lora_r=a.lora_r, lora_alpha=2 * a.lora_r,
+        method=method, num_layers=num_layers(name, a), lora_r=lora_rank(name, a), lora_alpha=2 * lora_rank(name, a),
         lora_target_modules=LORA_TARGETS,
     )  # fmt: skip
     data_args = DataArguments(data_dir=a.data_dir, max_length=64 if task == "toxicity" else 48)
@@ -315,6 +326,13 @@ def write_card(name: str, a: ShipArguments, out: Path, per_source: dict) -> None
         return write_trunk_card(name, a, out, per_source)
     _, model_args, data_args, training_args = recipe(name, a)
     stacked = name.endswith("sentiment")  # stage 2's adapters stacked on stage 1's
+    r = lora_rank(name, a)
+    shipped_r = json.loads((out / "delta.json").read_text())["lora"]["r"]
+    if shipped_r != (2 * r if stacked else r):  # the card's recipe would describe another model than the weights
+        raise ValueError(
+            f"{name}: the shipped delta has LoRA rank {shipped_r}, the recipe says {r}{' per stage' if stacked else ''}. "
+            "Pass the --lora_r it was trained with, or set it in the model's recipe in this script."
+        )
     if stacked:
         steps = f"steps {sentiment_recipe(name, a)[0]}"
     elif training_args.max_steps > 0:  # the Trainer's max_steps overrides its epochs
@@ -341,14 +359,14 @@ def write_card(name: str, a: ShipArguments, out: Path, per_source: dict) -> None
         data=SENTIMENT_DATA if stacked else TOXICITY_DATA,
         command=f"python examples/ship_models.py --data_dir {a.data_dir} --only {name}",
         hyperparameters=(
-            f"LoRA r={a.lora_r}, alpha={2 * a.lora_r} on {LORA_TARGETS} of the first {model_args.num_layers} layers; heads "
+            f"LoRA r={r}, alpha={2 * r} on {LORA_TARGETS} of the first {model_args.num_layers} layers; heads "
             f"trained fully{heads_lr}; AdamW (0.9, 0.95), eps 1e-12, wd 0.01, clip 2.0, lr {a.learning_rate:g} "
             f"{training_args.lr_scheduler_type.value} with {training_args.warmup_steps} warm-up steps, batch "
             f"{a.batch_size}, {steps}, "
             f"max length {data_args.max_length} tokens, seed 1, fp32, CPU{picked}"
         ),
         num_layers=model_args.num_layers, delta_mb=delta_mb(out), per_source=per_source,
-        lora_r=f"{a.lora_r} per stage, stacked to {2 * a.lora_r}" if stacked else str(a.lora_r),
+        lora_r=f"{r} per stage, stacked to {2 * r}" if stacked else str(r),
     )  # fmt: skip
     card.save(out / "README.md")
     Path("model_cards").mkdir(exist_ok=True)

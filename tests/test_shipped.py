@@ -53,6 +53,29 @@ def test_trunk_recipe_and_card_describe_the_shipped_weights(name, monkeypatch):
         sys.modules.pop("ship_models", None)
 
 
+@pytest.mark.parametrize("name", ["rad-q-toxicity", "rad-v-toxicity", "rad-q-sentiment", "rad-v-sentiment"])
+def test_lora_recipe_and_card_describe_the_shipped_rank(name, monkeypatch):
+    """Each LoRA model's recipe in `ship_models.py` holds the rank its shipped delta has (per stage, stacked for the
+    two-stage sentiment models), and a card rendered with another `--lora_r` is refused rather than written."""
+    import json
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "examples"))
+    ship_models = __import__("ship_models")
+    try:
+        shipped_r = json.loads((SHIPPED_DIR / name / "delta.json").read_text())["lora"]["r"]
+        r = ship_models.lora_rank(name, ship_models.ShipArguments())
+        assert shipped_r == (2 * r if name.endswith("sentiment") else r)
+        card = (SHIPPED_DIR / name / "README.md").read_text()
+        assert f"LoRA r={r}, alpha={2 * r} on" in card
+        other = ship_models.ShipArguments(lora_r=r + 8)
+        with pytest.raises(ValueError, match="would describe another model|the recipe says"):
+            ship_models.write_card(name, other, SHIPPED_DIR / name, per_source={})
+    finally:
+        sys.modules.pop("ship_models", None)
+
+
 @pytest.fixture(scope="module", params=NAMES)
 def shipped(request):
     path = rad_q_hf.default_checkpoint(request.param)
