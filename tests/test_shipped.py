@@ -28,8 +28,17 @@ def test_all_are_shipped_within_the_size_budget():
         assert "Content warning" in card and "eval" in card.lower() and "examples/ship_models.py" in card
 
 
+def shipped_copy(name, tmp_path, monkeypatch):
+    """A copy of a shipped model's folder to render cards into, run from `tmp_path`: a card guard that regressed then
+    writes its wrong card there (and into `tmp_path/model_cards`), not over the package's and the repo's cards."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    return shutil.copytree(SHIPPED_DIR / name, tmp_path / name)
+
+
 @pytest.mark.parametrize("name", ["rad-q-trunk-toxicity", "rad-q-trunk-sentiment"])
-def test_trunk_recipe_and_card_describe_the_shipped_weights(name, monkeypatch):
+def test_trunk_recipe_and_card_describe_the_shipped_weights(name, monkeypatch, tmp_path):
     """`ship_models.py`'s default recipe for a trunk model, and the command on its card, read the layer and blocks
     its weights were trained on (a card re-rendered with the flags' old defaults named tap layer 18 for a layer-24
     model); a card recipe that disagrees with the weights is refused."""
@@ -48,13 +57,13 @@ def test_trunk_recipe_and_card_describe_the_shipped_weights(name, monkeypatch):
         assert re.search(rf"--trunk_tap_layer {config['tap_layer']} --trunk_blocks {config['num_blocks']} ", card)
         other = ship_models.ShipArguments(trunk_tap_layer=config["tap_layer"] - 1)
         with pytest.raises(ValueError, match="would describe another model"):
-            ship_models.write_trunk_card(name, other, SHIPPED_DIR / name, per_source={})
+            ship_models.write_trunk_card(name, other, shipped_copy(name, tmp_path, monkeypatch), per_source={})
     finally:
         sys.modules.pop("ship_models", None)
 
 
 @pytest.mark.parametrize("name", ["rad-q-toxicity", "rad-v-toxicity", "rad-q-sentiment", "rad-v-sentiment"])
-def test_lora_recipe_and_card_describe_the_shipped_rank(name, monkeypatch):
+def test_lora_recipe_and_card_describe_the_shipped_rank(name, monkeypatch, tmp_path):
     """Each LoRA model's recipe in `ship_models.py` holds the rank its shipped delta has (per stage, stacked for the
     two-stage sentiment models), and a card rendered with another `--lora_r` is refused rather than written."""
     import json
@@ -71,7 +80,7 @@ def test_lora_recipe_and_card_describe_the_shipped_rank(name, monkeypatch):
         assert f"LoRA r={r}, alpha={2 * r} on" in card
         other = ship_models.ShipArguments(lora_r=r + 8)
         with pytest.raises(ValueError, match="would describe another model|the recipe says"):
-            ship_models.write_card(name, other, SHIPPED_DIR / name, per_source={})
+            ship_models.write_card(name, other, shipped_copy(name, tmp_path, monkeypatch), per_source={})
     finally:
         sys.modules.pop("ship_models", None)
 
