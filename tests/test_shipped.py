@@ -28,6 +28,17 @@ def test_all_are_shipped_within_the_size_budget():
         assert "Content warning" in card and "eval" in card.lower() and "examples/ship_models.py" in card
 
 
+@pytest.fixture
+def ship_models(monkeypatch):
+    """`examples/ship_models.py` as a module, dropped again afterwards."""
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "examples"))
+    yield __import__("ship_models")
+    sys.modules.pop("ship_models", None)
+
+
 def shipped_copy(name, tmp_path, monkeypatch):
     """A copy of a shipped model's folder to render cards into, run from `tmp_path`: a card guard that regressed then
     writes its wrong card there (and into `tmp_path/model_cards`), not over the package's and the repo's cards."""
@@ -38,51 +49,37 @@ def shipped_copy(name, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["rad-q-trunk-toxicity", "rad-q-trunk-sentiment"])
-def test_trunk_recipe_and_card_describe_the_shipped_weights(name, monkeypatch, tmp_path):
+def test_trunk_recipe_and_card_describe_the_shipped_weights(name, ship_models, monkeypatch, tmp_path):
     """`ship_models.py`'s default recipe for a trunk model, and the command on its card, read the layer and blocks
     its weights were trained on (a card re-rendered with the flags' old defaults named tap layer 18 for a layer-24
     model); a card recipe that disagrees with the weights is refused."""
     import json
     import re
-    import sys
-    from pathlib import Path
 
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "examples"))
-    ship_models = __import__("ship_models")
-    try:
-        config = json.loads((SHIPPED_DIR / name / "config.json").read_text())
-        grid = ship_models.trunk_grid_arguments(name, ship_models.ShipArguments())
-        assert (int(grid.layers), int(grid.blocks)) == (config["tap_layer"], config["num_blocks"])
-        card = (SHIPPED_DIR / name / "README.md").read_text()
-        assert re.search(rf"--trunk_tap_layer {config['tap_layer']} --trunk_blocks {config['num_blocks']} ", card)
-        other = ship_models.ShipArguments(trunk_tap_layer=config["tap_layer"] - 1)
-        with pytest.raises(ValueError, match="would describe another model"):
-            ship_models.write_trunk_card(name, other, shipped_copy(name, tmp_path, monkeypatch), per_source={})
-    finally:
-        sys.modules.pop("ship_models", None)
+    config = json.loads((SHIPPED_DIR / name / "config.json").read_text())
+    grid = ship_models.trunk_grid_arguments(name, ship_models.ShipArguments())
+    assert (int(grid.layers), int(grid.blocks)) == (config["tap_layer"], config["num_blocks"])
+    card = (SHIPPED_DIR / name / "README.md").read_text()
+    assert re.search(rf"--trunk_tap_layer {config['tap_layer']} --trunk_blocks {config['num_blocks']} ", card)
+    other = ship_models.ShipArguments(trunk_tap_layer=config["tap_layer"] - 1)
+    with pytest.raises(ValueError, match="would describe another model"):
+        ship_models.write_trunk_card(name, other, shipped_copy(name, tmp_path, monkeypatch), per_source={})
 
 
 @pytest.mark.parametrize("name", ["rad-q-toxicity", "rad-v-toxicity", "rad-q-sentiment", "rad-v-sentiment"])
-def test_lora_recipe_and_card_describe_the_shipped_rank(name, monkeypatch, tmp_path):
+def test_lora_recipe_and_card_describe_the_shipped_rank(name, ship_models, monkeypatch, tmp_path):
     """Each LoRA model's recipe in `ship_models.py` holds the rank its shipped delta has (per stage, stacked for the
     two-stage sentiment models), and a card rendered with another `--lora_r` is refused rather than written."""
     import json
-    import sys
-    from pathlib import Path
 
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "examples"))
-    ship_models = __import__("ship_models")
-    try:
-        shipped_r = json.loads((SHIPPED_DIR / name / "delta.json").read_text())["lora"]["r"]
-        r = ship_models.lora_rank(name, ship_models.ShipArguments())
-        assert shipped_r == (2 * r if name.endswith("sentiment") else r)
-        card = (SHIPPED_DIR / name / "README.md").read_text()
-        assert f"LoRA r={r}, alpha={2 * r} on" in card
-        other = ship_models.ShipArguments(lora_r=r + 8)
-        with pytest.raises(ValueError, match="would describe another model|the recipe says"):
-            ship_models.write_card(name, other, shipped_copy(name, tmp_path, monkeypatch), per_source={})
-    finally:
-        sys.modules.pop("ship_models", None)
+    shipped_r = json.loads((SHIPPED_DIR / name / "delta.json").read_text())["lora"]["r"]
+    r = ship_models.lora_rank(name, ship_models.ShipArguments())
+    assert shipped_r == (2 * r if name.endswith("sentiment") else r)
+    card = (SHIPPED_DIR / name / "README.md").read_text()
+    assert f"LoRA r={r}, alpha={2 * r} on" in card
+    other = ship_models.ShipArguments(lora_r=r + 8)
+    with pytest.raises(ValueError, match="would describe another model|the recipe says"):
+        ship_models.write_card(name, other, shipped_copy(name, tmp_path, monkeypatch), per_source={})
 
 
 @pytest.fixture(scope="module", params=NAMES)
