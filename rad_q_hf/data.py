@@ -92,6 +92,23 @@ def with_validation(ds: DatasetDict, percent: float) -> DatasetDict:
     )
 
 
+def min_words(ds: DatasetDict, n: int, splits: Sequence[str] = ("train", "validation")) -> DatasetDict:
+    """`ds` with only the texts of at least `n` whitespace-separated words in `splits` (`test` is left whole).
+
+    SST-2's train split is mostly short phrases cut from the treebank (median 7 words), its dev split whole sentences
+    (median 19): a stage on the long phrases trains on text shaped like what is reported. `validation` stays the
+    same hash bucket, so it is still disjoint from every train split a run draws from the source.
+    """
+    if n <= 0:
+        return ds
+    from datasets import DatasetDict
+
+    kept = {s: ds[s].filter(lambda t: len(t.split()) >= n, input_columns="text") for s in splits if s in ds}
+    if "train" in kept and len(kept["train"]) == 0:
+        raise DataError(f"No training text has {n} or more words; lower `min_words` (`--min_words`).")
+    return DatasetDict({**ds, **kept})
+
+
 def _read_jsonl(path: Path) -> Iterable[dict]:
     if not path.exists():
         raise DataError(f"Expected data file {str(path)!r} is missing; check `data_dir` (`--data_dir`).")
@@ -450,6 +467,7 @@ __all__ = [
     "DATA_ENV",
     "JIGSAW_ATTRIBUTES",
     "SENTIMENT_SOURCES",
+    "min_words",
     "DataError",
     "RewardDataCollator",
     "balance_classes",

@@ -32,6 +32,48 @@ def test_validation_is_carved_from_train_by_a_salted_hash():
     assert rdata.with_validation(ds, 0) is ds and rdata.with_validation(out, 10) is out
 
 
+def test_min_words_keeps_long_train_and_validation_texts_and_the_whole_test_split():
+    texts = [" ".join(["word"] * (1 + i % 12)) + f" {i}" for i in range(600)]  # 2 to 13 words
+    train = Dataset.from_dict({"text": texts, "labels": [[float(i % 2)] for i in range(600)]})
+    ds = rdata.with_validation(DatasetDict({"train": train, "test": toy(30, "test")}), 10)
+    out = rdata.min_words(ds, 8)
+    for split in ("train", "validation"):
+        assert out[split]["text"] == [t for t in ds[split]["text"] if len(t.split()) >= 8]
+        assert 0 < len(out[split]) < len(ds[split])
+    assert out["test"]["text"] == ds["test"]["text"]  # what is reported is never filtered
+    # The same hash bucket: a long validation text was never a train text of the unfiltered stage before it.
+    assert set(out["validation"]["text"]) <= set(ds["validation"]["text"])
+    assert rdata.min_words(ds, 0) is ds
+    with pytest.raises(rdata.DataError, match="No training text has 99 or more words.*--min_words"):
+        rdata.min_words(ds, 99)
+
+
+def test_run_regression_trains_and_validates_on_min_words_texts_only(tokenizer, tmp_path, monkeypatch):
+    from rad_q_hf.training import scripts
+
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def capture(model, args, train_dataset, eval_dataset, **kwargs):
+        seen.update(train=train_dataset, **eval_dataset)
+        raise Captured
+
+    monkeypatch.setattr(scripts, "RewardRegressionTrainer", capture)
+    short, long = toy(200, "s"), toy(200, "a much longer text")  # 3 and 6 words
+    from datasets import concatenate_datasets
+
+    dataset = DatasetDict({"train": concatenate_datasets([short, long]), "test": toy(20, "t")})
+    model = build_reward_model("rad_v", "gpt2", len(tokenizer), labels=("toxicity",))
+    data_args = DataArguments(validation_percent=20, min_words=5, max_eval_samples=None)
+    args = RewardTrainingConfig(str(tmp_path), max_steps=1, report_to="none", use_cpu=True)
+    with pytest.raises(Captured):
+        run_regression(ModelArguments(method="rad-v"), data_args, args, dataset, ["toxicity"], model, tokenizer)
+    assert len(seen["train"]) + len(seen["validation"]) == 200 and len(seen["validation"]) > 10
+    assert len(seen["test"]) == 20
+
+
 def test_balance_classes_oversamples_the_rarer_class_per_source():
     ds = toy(60, "t")  # 1 in 3 texts toxic
     out = rdata.balance_classes(ds, 1.0, seed=0)

@@ -88,6 +88,13 @@ class DataArguments:
             "help": "Oversample each source's rarer class (label ≥ 0.5 or not) to this ratio of the other (0: off)."
         },
     )
+    min_words: int = field(
+        default=0,
+        metadata={
+            "help": "Train and validate only on texts of at least N words (test stays whole): e.g. a last SST-2 "
+            "stage on its sentence-like phrases (0: every text)."
+        },
+    )
     stage_max_steps: str | None = field(
         default=None,
         metadata={"help": "Sentiment: comma-separated `max_steps` of each stage (overrides --max_steps)."},
@@ -186,6 +193,7 @@ def run_regression(
     if model is None:
         model, tokenizer = build_reward_model(model_args, label_names)
     dataset = rdata.with_validation(dataset, data_args.validation_percent)
+    dataset = rdata.min_words(dataset, data_args.min_words)  # after the split: validation keeps its hash bucket
     splits = prepare(dataset, tokenizer, data_args, len(label_names), training_args.seed)
     trainer = RewardRegressionTrainer(
         model,
