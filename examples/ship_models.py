@@ -3,6 +3,7 @@
     python examples/ship_models.py --data_dir ../shared/data                       # all six
     python examples/ship_models.py --data_dir ../shared/data --only rad-q-toxicity
     python examples/ship_models.py --data_dir ../shared/data --refresh_cards      # re-evaluate, re-render only
+    python examples/ship_models.py --cards_only                                   # re-render from per_source.json
     python examples/ship_models.py --data_dir ../shared/data --only rad-q-trunk-toxicity,rad-q-trunk-sentiment
 
 Each model: the embedded SmolLM2-135M's first layers with LoRA adapters and a fresh head, trained with the project's
@@ -91,6 +92,10 @@ class ShipArguments:
     )
     sentiment_eval_steps: int = field(default=500, metadata={"help": "Sentiment: evaluate and save every N steps."})
     skip_training: bool = field(default=False, metadata={"help": "Only re-export, re-evaluate and re-render cards."})
+    cards_only: bool = field(
+        default=False,
+        metadata={"help": "Only re-render the cards and the README table from the stored per_source.json files."},
+    )
     refresh_cards: bool = field(
         default=False,
         metadata={"help": "Only re-evaluate the shipped models and re-render their cards and the README table."},
@@ -386,6 +391,12 @@ def evaluate_and_document(name: str, a: ShipArguments) -> None:
     write_card(name, a, out, per_source)
 
 
+def document_stored(name: str, a: ShipArguments, out: Path | None = None) -> None:
+    """Re-render the card of the shipped model in `out` (default: `SHIPPED_DIR / name`) from its `per_source.json`."""
+    out = out or SHIPPED_DIR / name
+    write_card(name, a, out, json.loads((out / "per_source.json").read_text()))
+
+
 def picked_checkpoint(run_dir: Path, curve: str = "validation_accuracy") -> tuple[Path, dict]:
     """The run's checkpoint that scored best on `curve`, and its test metrics as `eval_results.json` names them
     (plus the step and the validation score it was picked by)."""
@@ -435,5 +446,6 @@ if __name__ == "__main__":
     (args,) = HfArgumentParser(ShipArguments).parse_args_into_dataclasses()
     for model_name in args.only.split(",") if args.only else NAMES:
         build = ship_trunk if model_name in TRUNK_NAMES else ship
-        (evaluate_and_document if args.refresh_cards else build)(model_name, args)
+        document = document_stored if args.cards_only else evaluate_and_document
+        (document if args.cards_only or args.refresh_cards else build)(model_name, args)
     update_readme(args.readme)

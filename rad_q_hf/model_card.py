@@ -31,6 +31,17 @@ def _difference(m: dict) -> str:
     return f"{d:+.3f}" if se is None or se != se else f"{d:+.3f} ± {se:.3f}"
 
 
+# Baselines fitted on some held-out sources' very texts: (what it was fitted on, the sources whose rows it has seen).
+# alt-profanity-check's SVM was fitted on all of Davidson et al.'s corpus and the Kaggle Jigsaw train set, which the
+# offline Davidson and Jigsaw files are drawn from (docs/reward_quality.md §10 measures what that is worth).
+BASELINE_TRAINED_ON = {
+    "profanity-check": (
+        "all of Davidson et al.'s tweets and the Kaggle Jigsaw Toxic Comment train set",
+        ("davidson_hate_offensive", "jigsaw_toxic_comment", "jigsaw_toxic_comment_subsets"),
+    )
+}
+
+
 def per_source_table(per_source: dict[str, dict]) -> str:
     """Per held-out source: texts, accuracy, MSE, label variance, and ROC AUC (with the baseline's and the paired
     difference to it) when measured."""
@@ -46,9 +57,14 @@ def per_source_table(per_source: dict[str, dict]) -> str:
     for source, m in per_source.items():
         cells = [source, str(m["n"]), f"{m['accuracy']:.3f}", f"{m['mse']:.4f}", f"{m['label_variance']:.4f}"]
         cells += [_auc(m.get("auc"))] if auc else []
-        cells += [_auc(m.get("baseline_auc"))] if baseline else []
+        seen = source in BASELINE_TRAINED_ON.get(name, ("", ()))[1] and m.get("baseline_auc") is not None
+        cells += [_auc(m.get("baseline_auc")) + ("†" if seen else "")] if baseline else []
         cells += [_difference(m)] if difference else []
         lines.append("| " + " | ".join(cells) + " |")
+    if baseline and name in BASELINE_TRAINED_ON and any(s in per_source for s in BASELINE_TRAINED_ON[name][1]):
+        lines += ["", f"† on texts {name} was trained on: it was fitted on {BASELINE_TRAINED_ON[name][0]}, which "
+                  "these sources' files are drawn from. A lexical model of its recipe fitted only on this model's "
+                  "training texts is measured in the rad_q_hf repository's docs/reward_quality.md §10."]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -100,6 +100,16 @@ def test_card_tables_show_auc_and_the_baseline_row():
     assert "AUC" not in per_source_table(old) and auc_rows(old) == ""  # older per_source.json files still render
 
 
+def test_card_marks_the_baseline_rows_on_texts_it_was_trained_on():
+    seen = {"davidson_hate_offensive": {**PER_SOURCE["ruddit"], "baseline_auc": 0.99}, **PER_SOURCE}
+    table = per_source_table(seen)
+    assert "| 0.800 | 0.990† |" in table and "| 0.800 | 0.900 |" in table  # Davidson marked, Ruddit not
+    assert "† on texts profanity-check was trained on" in table and "§10" in table
+    assert "†" not in per_source_table(PER_SOURCE)  # no row it has seen, no note
+    other = {k: {**row, "baseline": "perspective"} for k, row in seen.items()}
+    assert "†" not in per_source_table(other)  # only the baselines known to have seen held-out texts
+
+
 def test_tables_show_the_paired_difference_to_the_baseline_where_measured():
     with_difference = {
         k: {**row, "auc_minus_baseline": -0.1, "auc_minus_baseline_se": 0.04} for k, row in PER_SOURCE.items()

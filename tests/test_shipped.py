@@ -82,6 +82,20 @@ def test_lora_recipe_and_card_describe_the_shipped_rank(name, ship_models, monke
         ship_models.write_card(name, other, shipped_copy(name, tmp_path, monkeypatch), per_source={})
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_cards_are_what_their_recipe_and_stored_evaluation_render(name, ship_models, monkeypatch, tmp_path):
+    """Each shipped card (and its `model_cards/` copy) is exactly what `ship_models.py --cards_only` renders from
+    the model's recipe, the card template and its stored `per_source.json`: a card edited by hand, or a template or
+    table change that was not re-rendered, fails here."""
+    from pathlib import Path
+
+    repo = Path(__file__).parents[1]
+    ship_models.document_stored(name, ship_models.ShipArguments(), shipped_copy(name, tmp_path, monkeypatch))
+    rendered = (tmp_path / name / "README.md").read_text()
+    assert rendered == (SHIPPED_DIR / name / "README.md").read_text()
+    assert rendered == (repo / "model_cards" / f"{name}.md").read_text()
+
+
 @pytest.fixture(scope="module", params=NAMES)
 def shipped(request):
     path = rad_q_hf.default_checkpoint(request.param)
