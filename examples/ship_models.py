@@ -445,7 +445,10 @@ def update_readme(path: str) -> None:
 if __name__ == "__main__":
     (args,) = HfArgumentParser(ShipArguments).parse_args_into_dataclasses()
     for model_name in args.only.split(",") if args.only else NAMES:
-        build = ship_trunk if model_name in TRUNK_NAMES else ship
-        document = document_stored if args.cards_only else evaluate_and_document
-        (document if args.cards_only or args.refresh_cards else build)(model_name, args)
+        if args.cards_only:
+            document_stored(model_name, args)
+        elif args.refresh_cards:
+            evaluate_and_document(model_name, args)
+        else:
+            (ship_trunk if model_name in TRUNK_NAMES else ship)(model_name, args)
     update_readme(args.readme)

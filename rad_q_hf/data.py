@@ -96,8 +96,9 @@ def min_words(ds: DatasetDict, n: int, splits: Sequence[str] = ("train", "valida
     """`ds` with only the texts of at least `n` whitespace-separated words in `splits` (`test` is left whole).
 
     SST-2's train split is mostly short phrases cut from the treebank (median 7 words), its dev split whole sentences
-    (median 19): a stage on the long phrases trains on text shaped like what is reported. `validation` stays the
-    same hash bucket, so it is still disjoint from every train split a run draws from the source.
+    (median 19): a stage on the long phrases trains on text shaped like what is reported (for RAD-V at 12 layers it
+    did not raise dev accuracy: docs/reward_quality.md §9). `validation` stays the same hash bucket, so it is still
+    disjoint from every train split a run draws from the source.
     """
     if n <= 0:
         return ds
