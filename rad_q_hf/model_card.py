@@ -49,6 +49,7 @@ def per_source_table(per_source: dict[str, dict]) -> str:
     auc, baseline = any("auc" in m for m in rows), any("baseline_auc" in m for m in rows)
     difference = any("auc_minus_baseline" in m for m in rows)
     name = _baseline_name(per_source)
+    fitted_on, seen_sources = BASELINE_TRAINED_ON.get(name, (None, ()))
     head = ["held-out source", "texts", "accuracy", "MSE", "label variance"]
     head += ["ROC AUC"] if auc else []
     head += [f"{name} ROC AUC (baseline)"] if baseline else []
@@ -57,12 +58,12 @@ def per_source_table(per_source: dict[str, dict]) -> str:
     for source, m in per_source.items():
         cells = [source, str(m["n"]), f"{m['accuracy']:.3f}", f"{m['mse']:.4f}", f"{m['label_variance']:.4f}"]
         cells += [_auc(m.get("auc"))] if auc else []
-        seen = source in BASELINE_TRAINED_ON.get(name, ("", ()))[1] and m.get("baseline_auc") is not None
+        seen = source in seen_sources and m.get("baseline_auc") is not None
         cells += [_auc(m.get("baseline_auc")) + ("†" if seen else "")] if baseline else []
         cells += [_difference(m)] if difference else []
         lines.append("| " + " | ".join(cells) + " |")
-    if baseline and name in BASELINE_TRAINED_ON and any(s in per_source for s in BASELINE_TRAINED_ON[name][1]):
-        lines += ["", f"† on texts {name} was trained on: it was fitted on {BASELINE_TRAINED_ON[name][0]}, which "
+    if baseline and any(s in per_source for s in seen_sources):
+        lines += ["", f"† on texts {name} was trained on: it was fitted on {fitted_on}, which "
                   "these sources' files are drawn from. A lexical model of its recipe fitted only on this model's "
                   "training texts is measured in the rad_q_hf repository's docs/reward_quality.md §10."]  # fmt: skip
     return "\n".join(lines)
