@@ -7,6 +7,7 @@ tokenizer, so `evaluate_reward_model.py --checkpoint OUT` scores it like any che
 full-rank delta, so a soup would ship as a stacked LoRA of rank Σ r_i, not as one run's r.
 """
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -25,7 +26,19 @@ NOT_COPIED = {
 }
 
 
+def _what_it_scores(folder: Path) -> tuple:
+    config = json.loads((folder / "config.json").read_text())
+    return config.get("model_type"), config.get("label_names")
+
+
 def average(folders: list[Path]) -> dict[str, torch.Tensor]:
+    # Equal shapes are not enough: a toxicity and a sentiment model of one size would average without complaint.
+    for folder in folders[1:]:
+        if _what_it_scores(folder) != _what_it_scores(folders[0]):
+            raise ValueError(
+                f"{folder} is a {_what_it_scores(folder)} model and {folders[0]} a {_what_it_scores(folders[0])} one "
+                "(model type, labels): only checkpoints of one method and task average."
+            )
     states = [load_file(folder / WEIGHTS) for folder in folders]
     for folder, state in zip(folders[1:], states[1:], strict=True):
         if state.keys() != states[0].keys() or any(state[k].shape != v.shape for k, v in states[0].items()):

@@ -37,3 +37,10 @@ def test_checkpoints_of_other_shapes_are_refused(tmp_path, tokenizer):
     build_reward_model("rad_v", "gpt2", len(tokenizer)).save_pretrained(tmp_path / "b")
     with pytest.raises(ValueError, match="not the architecture"):
         average_checkpoints.average([tmp_path / "a", tmp_path / "b"])
+
+
+def test_checkpoints_that_score_other_labels_are_refused(tmp_path, tokenizer):
+    build_reward_model("rad_v", "llama", len(tokenizer), labels=("toxicity",)).save_pretrained(tmp_path / "a")
+    build_reward_model("rad_v", "llama", len(tokenizer), labels=("positive",)).save_pretrained(tmp_path / "b")
+    with pytest.raises(ValueError, match="one method and task"):
+        average_checkpoints.average([tmp_path / "a", tmp_path / "b"])
