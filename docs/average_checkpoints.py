@@ -8,22 +8,16 @@ full-rank delta, so a soup would ship as a stacked LoRA of rank Σ r_i, not as o
 """
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+import rad_q_hf  # noqa: F401  (registers the reward-model classes with the Auto* factories)
 
 WEIGHTS = "model.safetensors"
-# The first folder's own results and run settings would describe it, not the average.
-NOT_COPIED = {
-    "eval_results.json",
-    "all_results.json",
-    "validation_results.json",
-    "trainer_state.json",
-    "run_args.json",
-}
 
 
 def _what_it_scores(folder: Path) -> tuple:
@@ -33,11 +27,12 @@ def _what_it_scores(folder: Path) -> tuple:
 
 def average(folders: list[Path]) -> dict[str, torch.Tensor]:
     # Equal shapes are not enough: a toxicity and a sentiment model of one size would average without complaint.
+    expected = _what_it_scores(folders[0])
     for folder in folders[1:]:
-        if _what_it_scores(folder) != _what_it_scores(folders[0]):
+        if (scores := _what_it_scores(folder)) != expected:
             raise ValueError(
-                f"{folder} is a {_what_it_scores(folder)} model and {folders[0]} a {_what_it_scores(folders[0])} one "
-                "(model type, labels): only checkpoints of one method and task average."
+                f"{folder} is a {scores} model and {folders[0]} a {expected} one (model type, labels): only "
+                "checkpoints of one method and task average."
             )
     states = [load_file(folder / WEIGHTS) for folder in folders]
     for folder, state in zip(folders[1:], states[1:], strict=True):
@@ -48,13 +43,11 @@ def average(folders: list[Path]) -> dict[str, torch.Tensor]:
 
 def main(out: Path, folders: list[Path]) -> None:
     soup = average(folders)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in folders[0].iterdir():  # config, remote code, tokenizer; not the first folder's results or trainer state
-        if f.is_file() and f.suffix in {".json", ".py", ".jinja"} and f.name not in NOT_COPIED:
-            shutil.copy(f, out / f.name)
-        elif f.is_dir() and f.name == "custom_generate":
-            shutil.copytree(f, out / f.name, dirs_exist_ok=True)
-    save_file(soup, out / WEIGHTS, metadata={"format": "pt"})
+    # Written as every checkpoint folder is (config, remote code, custom_generate/, tokenizer), not copied by hand:
+    # the first folder's own results and run settings would describe it, not the average.
+    model = AutoModel.from_config(AutoConfig.from_pretrained(folders[0]))
+    model.save_pretrained(out, state_dict=soup)
+    AutoTokenizer.from_pretrained(folders[0]).save_pretrained(out)
     print(f"{out}: the mean of {len(folders)} checkpoints")
 
 

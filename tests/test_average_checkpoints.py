@@ -18,6 +18,7 @@ def test_soup_is_the_mean_of_the_checkpoints_and_loads_as_one(tmp_path, tokenize
     models = [build_reward_model("rad_v", "llama", len(tokenizer), seed=seed) for seed in (0, 1, 2)]
     for i, model in enumerate(models):
         model.save_pretrained(tmp_path / f"run{i}")
+        tokenizer.save_pretrained(tmp_path / f"run{i}")
         (tmp_path / f"run{i}" / "eval_results.json").write_text("{}")  # the first run's results must not be copied
     average_checkpoints.main(tmp_path / "soup", [tmp_path / f"run{i}" for i in range(3)])
 
